@@ -1,0 +1,7 @@
+// pybind11 glue for fastpage._C: one function per concern, called from module.cpp. No logic here.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace fastpage::bindings {
+void bind_config(pybind11::module_& m);
+}  // namespace fastpage::bindings

@@ -1,0 +1,6 @@
+#include "bindings.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastpage C++ core";
+  fastpage::bindings::bind_config(m);
+}

@@ -1,0 +1,61 @@
+// Engine and model configuration: plain structs, filled by Python from HF/GGUF files or by a C++ service.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace fastpage {
+
+enum class NormType : uint8_t { RMSNorm, LayerNorm };
+enum class Activation : uint8_t { SiLU, GeluTanh, Gelu, ReLU };
+enum class PositionType : uint8_t { Rotary, Learned };
+
+// One config-driven decoder covers Llama/Mistral/Qwen2/Qwen3 (RMSNorm, rotary, gated SiLU MLP)
+// and GPT-2/OPT (LayerNorm, learned positions, plain GELU/ReLU MLP, biases).
+struct ModelConfig {
+  std::string architecture;  // HF name, e.g. "LlamaForCausalLM"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate_size = 0;
+  int64_t max_position_embeddings = 0;
+  NormType norm_type = NormType::RMSNorm;
+  double norm_eps = 1e-6;
+  Activation activation = Activation::SiLU;
+  bool gated_mlp = true;        // gate_up_proj (SwiGLU) vs up_proj
+  PositionType position_type = PositionType::Rotary;
+  double rope_theta = 10000.0;
+  // llama3 rope scaling; rope_scaling_factor == 1 means none.
+  std::string rope_scaling_type;  // "", "llama3", "linear"
+  double rope_scaling_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_position = 8192;
+  bool qkv_bias = false;
+  bool o_bias = false;
+  bool mlp_bias = false;
+  bool qk_norm = false;         // Qwen3: RMSNorm over each head of q and k
+  bool tie_word_embeddings = false;
+  int64_t learned_position_offset = 0;  // OPT stores positions shifted by 2
+};
+
+// How the engine schedules and how big its KV cache is.
+struct EngineConfig {
+  int64_t block_size = 16;
+  int64_t num_gpu_blocks = 0;  // 0: size from the memory budget below
+  int64_t num_cpu_blocks = 0;  // swap space, in blocks; 0 disables swapping (preempt by recompute)
+  double gpu_memory_utilization = 0.9;
+  int64_t cpu_kv_cache_bytes = 1ll << 30;  // KV budget when the model runs on CPU
+  int64_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 8192;
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;
+  bool enforce_eager = false;
+  uint64_t seed = 0;
+  int64_t max_logprobs = 20;
+};
+
+}  // namespace fastpage

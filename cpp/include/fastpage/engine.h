@@ -1,0 +1,73 @@
+// The public C++ engine: add requests in token ids, step, read outputs. No Python involved.
+#pragma once
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastpage/config.h"
+#include "fastpage/model_runner.h"
+#include "fastpage/sampler.h"
+#include "fastpage/sampling_params.h"
+#include "fastpage/scheduler.h"
+
+namespace fastpage {
+
+struct StepOutput {
+  std::string request_id;
+  int32_t seq_index = 0;                 // which of the request's best_of sequences
+  std::vector<int32_t> new_token_ids;
+  std::vector<TokenLogprobs> logprobs;   // one per new token when params.logprobs is set
+  std::vector<TokenLogprobs> prompt_logprobs;  // once, when the prompt is done: tokens 1..P-1
+  double cumulative_logprob = 0.0;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::None;
+  int32_t stop_token = -1;
+  int32_t num_prompt_tokens = 0;
+  int32_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+};
+
+struct EngineStats {
+  int32_t num_running = 0;
+  int32_t num_waiting = 0;
+  int32_t num_swapped = 0;
+  int32_t num_device_blocks = 0;
+  int32_t num_free_device_blocks = 0;
+  int64_t num_preemptions = 0;
+  int64_t prefix_cache_queries = 0;  // tokens
+  int64_t prefix_cache_hits = 0;     // tokens
+  int64_t prompt_tokens = 0;         // computed so far
+  int64_t generation_tokens = 0;
+};
+
+class Engine {
+ public:
+  Engine(const ModelConfig& model, const EngineConfig& config, WeightMap weights, c10::Device device,
+         c10::ScalarType dtype);
+  ~Engine();
+
+  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                   const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
+                   int32_t priority = 0);
+  bool abort_request(const std::string& request_id);
+  // Ends one sequence (a stop string seen by the caller); its blocks come back.
+  void finish_sequence(const std::string& request_id, int32_t seq_index);
+  std::vector<StepOutput> step();
+  bool has_unfinished() const;
+  EngineStats stats() const;
+  const Scheduler& scheduler() const { return *scheduler_; }
+  const ModelConfig& model_config() const { return model_config_; }
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  ModelConfig model_config_;
+  EngineConfig config_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Scheduler> scheduler_;
+  Sampler sampler_;
+  uint64_t next_seed_;
+};
+
+}  // namespace fastpage

@@ -1,0 +1,52 @@
+// Runs a StepPlan on the model: owns the weights and the paged KV cache.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "fastpage/config.h"
+#include "fastpage/step_plan.h"
+
+namespace fastpage {
+
+// Canonical weight names (Python's loaders map HF / GGUF names onto these, fusing q/k/v and gate/up):
+//   embed_tokens.weight, embed_positions.weight (learned positions), final_norm.weight[/bias],
+//   lm_head.weight (absent when tied), and for each layer i, prefix "layers.{i}.":
+//   input_norm.weight[/bias], qkv_proj.weight[/bias], q_norm.weight, k_norm.weight (qk_norm),
+//   o_proj.weight[/bias], post_attn_norm.weight[/bias], gate_up_proj.weight (gated MLP) or
+//   up_proj.weight[/bias], down_proj.weight[/bias]. Linear weights are [out_features, in_features].
+using WeightMap = std::unordered_map<std::string, at::Tensor>;
+
+class DecoderModel;
+struct KVCache;
+
+class ModelRunner {
+ public:
+  ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
+              c10::Device device, c10::ScalarType dtype);
+  ~ModelRunner();
+
+  int32_t num_device_blocks() const;
+  int32_t num_host_blocks() const;
+  int64_t bytes_per_block() const;
+  c10::Device device() const { return device_; }
+
+  // Applies the plan's swaps and copies, runs the forward pass, and returns float32 logits
+  // [logits_indices.size(), vocab] for the flattened token indices asked for.
+  at::Tensor execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices);
+
+ private:
+  ModelConfig model_config_;
+  EngineConfig engine_config_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  std::unique_ptr<DecoderModel> model_;
+  std::unique_ptr<KVCache> kv_cache_;
+};
+
+}  // namespace fastpage

@@ -1,0 +1,42 @@
+// The engine's kernels, called through the torch dispatcher (schemas in cpp/src/ops/registry.cpp;
+// CPU implementations in cpp/src/kernels/, CUDA ones in cuda/). Same names as torch.ops.fastpage.*.
+//
+// Layouts: the KV cache of one layer is key_cache / value_cache [num_blocks, block_size, num_kv_heads,
+// head_dim]; tokens are flattened [num_tokens, heads, head_dim]; sequences are described by
+// query_start_loc [num_seqs + 1] (cumulative new tokens), context_lens [num_seqs] (tokens in the
+// cache after this step, new ones included) and block_tables [num_seqs, max_blocks] (int32).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace fastpage::ops {
+
+// key_cache/value_cache[slot / block_size, slot % block_size] = key/value; slot < 0 is skipped.
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                       const at::Tensor& value_cache, const at::Tensor& slot_mapping);
+
+// Each sequence's new tokens attend causally to its whole cached context (prefix hits and earlier
+// chunks included): new token j of sequence s sits at position context_lens[s] - q_len_s + j.
+// max_query_len / max_context_len are host-side bounds (launch sizes; no device sync).
+void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                     const at::Tensor& value_cache, const at::Tensor& query_start_loc,
+                     const at::Tensor& context_lens, const at::Tensor& block_tables, double scale,
+                     int64_t max_query_len, int64_t max_context_len);
+
+// out = x / rms(x) * weight
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// In place: residual += x; x = rms_norm(residual) * weight.
+void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                        double eps);
+// In place, rotate-half (NeoX/HF) layout; cos_sin_cache [max_position, rotary_dim] = [cos | sin].
+void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                      const at::Tensor& cos_sin_cache, int64_t head_dim);
+// x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:]
+at::Tensor silu_and_mul(const at::Tensor& x);
+
+// Copy-on-write: for each row (src, dst) of block_mapping [n, 2] (int64), copy block src to dst in
+// every cache tensor of `caches` (all layers, K and V).
+void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_mapping);
+// Swap: dst[:, mapping[i,1]] = src[:, mapping[i,0]] between device and host caches of the same shape.
+void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
+
+}  // namespace fastpage::ops

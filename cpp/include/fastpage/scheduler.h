@@ -1,0 +1,75 @@
+// Iteration-level continuous batching over the paged KV cache.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "fastpage/block_allocator.h"
+#include "fastpage/config.h"
+#include "fastpage/prefix_cache.h"
+#include "fastpage/sequence.h"
+#include "fastpage/step_plan.h"
+
+namespace fastpage {
+
+struct SampledToken {
+  int64_t seq_id = -1;
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+
+struct FinishedSeq {
+  int64_t seq_id = -1;
+  FinishReason reason = FinishReason::None;
+  int32_t stop_token = -1;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const EngineConfig& config, int64_t max_model_len, int32_t num_device_blocks,
+            int32_t num_host_blocks);
+
+  // Throws std::invalid_argument on an empty prompt, a duplicate id, or a prompt that can never fit.
+  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                   const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
+                   int32_t priority = 0);
+  // Frees every block of the request at once; false if unknown or already finished.
+  bool abort_request(const std::string& request_id);
+
+  // Decides the next step and advances num_computed_tokens of what it scheduled.
+  StepPlan schedule();
+  // Appends sampled tokens, finishes sequences (EOS, stop ids, max_tokens, min_tokens, ignore_eos,
+  // max_model_len) and frees their blocks. Returns the sequences that finished in this call.
+  std::vector<FinishedSeq> update(const std::vector<SampledToken>& tokens);
+  // Shares all of seq_id's blocks with a new sequence of the same request (n > 1, beam search).
+  int64_t fork(int64_t seq_id);
+  // Ends one sequence early (stop string, beam pruned) and frees its blocks.
+  void finish_sequence(int64_t seq_id, FinishReason reason);
+
+  bool has_unfinished() const;
+  int32_t num_waiting() const;
+  int32_t num_running() const;
+  int32_t num_swapped() const;
+  int64_t num_preemptions() const;
+
+  const Sequence& sequence(int64_t seq_id) const;
+  const Request& request_of(int64_t seq_id) const;
+  std::optional<int64_t> request_index(const std::string& request_id) const;
+
+  BlockAllocator& device_blocks();
+  const BlockAllocator& device_blocks() const;
+  const PrefixCache& prefix_cache() const;
+  void reset_prefix_cache();
+  // free + used == total, refcounts >= 0, and (when idle) every block free.
+  void check_invariants() const;
+
+ private:
+  // Implementation detail owned by scheduler.cpp.
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace fastpage

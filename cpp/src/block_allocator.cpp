@@ -1,0 +1,1 @@
+#include "fastpage/block_allocator.h"
