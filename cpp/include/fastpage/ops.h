@@ -8,6 +8,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace fastpage::ops {
 
 // key_cache/value_cache[slot / block_size, slot % block_size] = key/value; slot < 0 is skipped.
