@@ -15,6 +15,7 @@ struct SamplingRow {
   const SamplingParams* params = nullptr;
   const std::vector<int32_t>* token_ids = nullptr;  // prompt + output so far
   int32_t num_prompt_tokens = 0;
+  const std::vector<int32_t>* eos_token_ids = nullptr;  // banned with stop_token_ids before min_tokens
   uint64_t seed = 0;       // the sequence's stream
   int64_t position = 0;    // position of the token being drawn
 };

@@ -1,0 +1,49 @@
+"""Model loading: a model path (HF directory or .gguf file) -> what the C++ engine needs.
+
+Every loader returns a LoadedModel whose weights use the canonical names documented in
+cpp/include/fastpage/model_runner.h (q/k/v fused into qkv_proj, gate/up into gate_up_proj).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from fastpage import _C
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model_config: _C.ModelConfig
+    weights: dict[str, torch.Tensor]
+    eos_token_ids: list[int]
+    max_model_len: int  # the model's own context length
+    # What to hand to fastpage.tokenizer to build the tokenizer (a directory, or a GGUF file).
+    tokenizer_source: str
+    # generation_config.json defaults (temperature, top_p, ...) where the model has them.
+    generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    chat_template: str | None = None
+
+
+def load_model(model: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
+    """Loads an HF model directory or a GGUF file, with weights in `dtype` on `device`."""
+    if model.endswith(".gguf"):
+        from fastpage.model_loader.gguf import load_gguf
+
+        return load_gguf(model, dtype=dtype, device=device)
+    from fastpage.model_loader.hf import load_hf
+
+    return load_hf(model, dtype=dtype, device=device)
+
+
+def resolve_dtype(requested: str, checkpoint_dtype: torch.dtype | None, device: str) -> torch.dtype:
+    """vLLM's rule: "auto" takes the checkpoint's dtype (float32 checkpoints stay float32)."""
+    names = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "half": torch.float16}
+    if requested == "auto":
+        return checkpoint_dtype or torch.float32
+    if requested not in names:
+        raise ValueError(f"dtype must be one of auto, {', '.join(names)}; got {requested!r}")
+    return names[requested]
