@@ -18,11 +18,6 @@ from fastpage.request_state import RequestState
 from fastpage.sampling_params import SamplingParams
 from fastpage.tokenizer import Tokenizer, load_tokenizer
 
-# generation_config.json keys that become default sampling parameters (vLLM's list).
-_GENERATION_DEFAULT_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-                            "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-                            "max_new_tokens": "max_tokens"}
-
 Prompt = str | list[int] | dict[str, Any]
 
 
@@ -68,11 +63,10 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
     def default_sampling_params(self) -> SamplingParams:
-        """SamplingParams with the model's generation_config.json defaults (as vLLM does)."""
+        """SamplingParams with the model's generation_config.json defaults (as vLLM does; the
+        loaders already name them as SamplingParams does)."""
         fields = {f.name for f in dataclasses.fields(SamplingParams)}
-        values = {ours: self.generation_defaults[theirs] for theirs, ours in _GENERATION_DEFAULT_KEYS.items()
-                  if self.generation_defaults.get(theirs) is not None and ours in fields}
-        return SamplingParams(**values)
+        return SamplingParams(**{k: v for k, v in self.generation_defaults.items() if k in fields})
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0) -> None:
         """Tokenizes and validates, then queues the request; ValueError for bad input."""
