@@ -119,8 +119,7 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
   }
   ForwardInputs in;
   in.input_ids = to_device(plan.input_ids, {num_tokens}, at::kInt, device_);
-  std::vector<int64_t> positions(plan.positions.begin(), plan.positions.end());
-  in.positions = to_device(positions, {num_tokens}, at::kLong, device_);
+  in.positions = to_device(plan.positions, {num_tokens}, at::kInt, device_);
   in.slot_mapping = to_device(plan.slot_mapping, {num_tokens}, at::kLong, device_);
   in.query_start_loc = to_device(plan.query_start_loc, {num_seqs + 1}, at::kInt, device_);
   in.context_lens = to_device(plan.context_lens, {num_seqs}, at::kInt, device_);

@@ -17,7 +17,7 @@ namespace fastpage {
 // One step's inputs, already on the model's device (see StepPlan for their meaning).
 struct ForwardInputs {
   at::Tensor input_ids;        // [num_tokens] int32
-  at::Tensor positions;        // [num_tokens] int64
+  at::Tensor positions;        // [num_tokens] int32
   at::Tensor slot_mapping;     // [num_tokens] int64
   at::Tensor query_start_loc;  // [num_seqs + 1] int32
   at::Tensor context_lens;     // [num_seqs] int32
