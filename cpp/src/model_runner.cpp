@@ -1,6 +1,5 @@
 #include "fastpage/model_runner.h"
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/core/InferenceMode.h>
@@ -76,9 +75,10 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
                                         device, dtype);
   const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
   std::fprintf(stderr,
-               "fastpage: KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), %lld host blocks; "
-               "fits %.2f requests of %lld tokens\n",
-               device.str().c_str(), static_cast<long long>(num_blocks),
+               "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
+               "%lld host blocks; fits %.2f requests of %lld tokens\n",
+               static_cast<double>(model_->weight_bytes()) / (1 << 20), device.str().c_str(),
+               static_cast<long long>(num_blocks),
                static_cast<long long>(engine.block_size),
                static_cast<double>(num_blocks * kv_cache_->bytes_per_block) / (1 << 20),
                static_cast<long long>(engine.num_cpu_blocks),
