@@ -5,4 +5,5 @@
 namespace fastpage::bindings {
 void bind_config(pybind11::module_& m);
 void bind_plan(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 }  // namespace fastpage::bindings

@@ -4,4 +4,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastpage C++ core";
   fastpage::bindings::bind_config(m);
   fastpage::bindings::bind_plan(m);
+  fastpage::bindings::bind_engine(m);
 }
