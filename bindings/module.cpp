@@ -7,4 +7,5 @@ PYBIND11_MODULE(_C, m) {
   fastpage::bindings::bind_core(m);
   fastpage::bindings::bind_sampler(m);
   fastpage::bindings::bind_runner(m);
+  fastpage::bindings::bind_engine(m);
 }

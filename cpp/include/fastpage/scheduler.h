@@ -71,6 +71,7 @@ class Scheduler {
   const Sequence& sequence(int64_t seq_id) const;
   const Request& request_of(int64_t seq_id) const;
   std::optional<int64_t> request_index(const std::string& request_id) const;
+  const Request* find_request(const std::string& request_id) const;  // nullptr when unknown
 
   BlockAllocator& device_blocks();
   const BlockAllocator& device_blocks() const;
