@@ -42,8 +42,9 @@ class Scheduler {
             int32_t num_host_blocks);
   ~Scheduler();
 
-  // Throws std::invalid_argument on an empty prompt, a duplicate id, or a prompt that can never fit.
-  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+  // Returns the seq_id of the request's first sequence. Throws std::invalid_argument on an empty
+  // prompt, a duplicate id, or a prompt that can never fit.
+  int64_t add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                    const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
                    int32_t priority = 0);
   // Frees every block of the request at once; false if unknown or already finished.
@@ -70,6 +71,7 @@ class Scheduler {
   // Throw std::out_of_range for an unknown (or already erased) id.
   const Sequence& sequence(int64_t seq_id) const;
   const Request& request_of(int64_t seq_id) const;
+  const Request& request(int64_t request_index) const;
   std::optional<int64_t> request_index(const std::string& request_id) const;
 
   BlockAllocator& device_blocks();
