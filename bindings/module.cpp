@@ -5,4 +5,7 @@ PYBIND11_MODULE(_C, m) {
   fastpage::bindings::bind_config(m);
   fastpage::bindings::bind_plan(m);
   fastpage::bindings::bind_core(m);
+  fastpage::bindings::bind_sampler(m);
+  fastpage::bindings::bind_runner(m);
+  fastpage::bindings::bind_engine(m);
 }

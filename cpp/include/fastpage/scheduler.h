@@ -73,6 +73,7 @@ class Scheduler {
   const Request& request_of(int64_t seq_id) const;
   const Request& request(int64_t request_index) const;
   std::optional<int64_t> request_index(const std::string& request_id) const;
+  const Request* find_request(const std::string& request_id) const;  // nullptr when unknown
 
   BlockAllocator& device_blocks();
   const BlockAllocator& device_blocks() const;

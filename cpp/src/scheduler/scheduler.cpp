@@ -310,6 +310,13 @@ std::optional<int64_t> Scheduler::request_index(const std::string& request_id) c
   return it->second;
 }
 
+const Request* Scheduler::find_request(const std::string& request_id) const {
+  std::lock_guard lock(state_->mutex);
+  auto it = state_->request_ids.find(request_id);
+  if (it == state_->request_ids.end()) return nullptr;
+  return &state_->requests.at(it->second);
+}
+
 BlockAllocator& Scheduler::device_blocks() { return state_->device; }
 const BlockAllocator& Scheduler::device_blocks() const { return state_->device; }
 const BlockAllocator& Scheduler::host_blocks() const { return state_->host; }
