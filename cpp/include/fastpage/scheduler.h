@@ -71,7 +71,6 @@ class Scheduler {
   // Throw std::out_of_range for an unknown (or already erased) id.
   const Sequence& sequence(int64_t seq_id) const;
   const Request& request_of(int64_t seq_id) const;
-  const Request& request(int64_t request_index) const;
   std::optional<int64_t> request_index(const std::string& request_id) const;
   const Request* find_request(const std::string& request_id) const;  // nullptr when unknown
 

@@ -294,15 +294,6 @@ const Request& Scheduler::request_of(int64_t seq_id) const {
   return state_->request(state_->seq(seq_id));
 }
 
-const Request& Scheduler::request(int64_t request_index) const {
-  std::lock_guard lock(state_->mutex);
-  auto it = state_->requests.find(request_index);
-  if (it == state_->requests.end()) {
-    throw std::out_of_range("Scheduler: unknown request index " + std::to_string(request_index));
-  }
-  return it->second;
-}
-
 std::optional<int64_t> Scheduler::request_index(const std::string& request_id) const {
   std::lock_guard lock(state_->mutex);
   auto it = state_->request_ids.find(request_id);
