@@ -132,6 +132,13 @@ void bind_core(py::module_& m) {
       // Copies: a Python view must not outlive the sequence it shows.
       .def("sequence", &Scheduler::sequence, py::arg("seq_id"), py::return_value_policy::copy)
       .def("request_of", &Scheduler::request_of, py::arg("seq_id"), py::return_value_policy::copy)
+      .def(
+          "find_request",
+          [](const Scheduler& s, const std::string& id) -> std::optional<Request> {
+            const Request* request = s.find_request(id);
+            return request ? std::optional<Request>(*request) : std::nullopt;
+          },
+          py::arg("request_id"))
       .def("request_index", &Scheduler::request_index, py::arg("request_id"))
       .def_property_readonly("device_blocks", py::overload_cast<>(&Scheduler::device_blocks, py::const_),
                              py::return_value_policy::reference_internal)

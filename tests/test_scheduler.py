@@ -327,6 +327,9 @@ def test_a_finished_request_id_can_be_reused():
     sample_all(sched, sched.schedule())
     sched.add_request("x", [2], params(max_tokens=1))
     assert sched.request_index("x") == 1
+    request = sched.find_request("x")
+    assert (request.request_id, request.arrival_order, request.seq_ids) == ("x", 1, [1])
+    assert sched.find_request("nope") is None
     plan = sched.schedule()
     assert plan.input_ids == [2]
 

@@ -42,8 +42,9 @@ class Scheduler {
             int32_t num_host_blocks);
   ~Scheduler();
 
-  // Throws std::invalid_argument on an empty prompt, a duplicate id, or a prompt that can never fit.
-  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+  // Returns the seq_id of the request's first sequence. Throws std::invalid_argument on an empty
+  // prompt, a duplicate id, or a prompt that can never fit.
+  int64_t add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                    const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
                    int32_t priority = 0);
   // Frees every block of the request at once; false if unknown or already finished.

@@ -20,10 +20,10 @@ struct Sequence {
   std::vector<int32_t> token_ids;  // prompt, then output
   int32_t num_prompt_tokens = 0;
   int32_t num_computed_tokens = 0;  // tokens whose K/V are in the cache (or scheduled this step)
-  int32_t num_cached_prompt_tokens = 0;  // prefix-cache hit at admission
+  int32_t num_cached_prompt_tokens = 0;  // prefix-cache hit at its first admission
   std::vector<BlockId> block_table;
   std::vector<BlockId> swapped_blocks;  // CPU block ids while Swapped
-  std::vector<BlockHash> block_hashes;  // chained hashes of its full blocks so far
+  std::vector<BlockHash> block_hashes;  // chained hashes of every full block of token_ids (none with caching off)
   SequenceStatus status = SequenceStatus::Waiting;
   FinishReason finish_reason = FinishReason::None;
   int32_t stop_token = -1;

@@ -110,6 +110,8 @@ StepPlan Scheduler::schedule() {
     return chunked ? budget : 0;
   };
   auto room = [&] { return budget > 0 && static_cast<int32_t>(scheduled.size()) < max_seqs; };
+  // Forks can push the running count past max_num_seqs; nothing joins it until it is back below.
+  auto can_join = [&] { return room() && static_cast<int32_t>(s.running.size()) < max_seqs; };
 
   // 1. Running sequences, preempting from the back when blocks run out.
   bool preempted = false;
@@ -136,7 +138,7 @@ StepPlan Scheduler::schedule() {
   }
 
   // 2. Swapped sequences come back (never in a step that preempted: its blocks are spoken for).
-  for (auto it = s.swapped.begin(); !preempted && it != s.swapped.end() && room();) {
+  for (auto it = s.swapped.begin(); !preempted && it != s.swapped.end() && can_join();) {
     Sequence& seq = s.seq(it->seq_id);
     const int32_t num_new = chunk(seq);
     // Its swapped blocks come back as the start of a block table that then grows for num_new.
@@ -157,8 +159,7 @@ StepPlan Scheduler::schedule() {
   }
 
   // 3. Waiting sequences in order, each starting after its longest cached prefix.
-  for (auto it = s.waiting.begin(); !preempted && s.swapped.empty() && it != s.waiting.end() && room() &&
-                                    static_cast<int32_t>(s.running.size()) < max_seqs;) {
+  for (auto it = s.waiting.begin(); !preempted && s.swapped.empty() && it != s.waiting.end() && can_join();) {
     Sequence& seq = s.seq(it->seq_id);
     const Request& req = s.request(seq);
     const std::span<const int32_t> tokens(seq.token_ids);
@@ -187,9 +188,10 @@ StepPlan Scheduler::schedule() {
   }
 
   // The plan: decodes (one new token past the prompt) first, then prefill chunks.
-  std::stable_partition(scheduled.begin(), scheduled.end(), [](const Scheduled& entry) {
+  auto is_decode = [](const Scheduled& entry) {
     return entry.num_new_tokens == 1 && entry.seq->num_computed_tokens > entry.seq->num_prompt_tokens;
-  });
+  };
+  std::stable_partition(scheduled.begin(), scheduled.end(), is_decode);
   const int32_t num_seqs = static_cast<int32_t>(scheduled.size());
   int32_t num_tokens = 0;
   for (const Scheduled& entry : scheduled) {
@@ -211,7 +213,7 @@ StepPlan Scheduler::schedule() {
     const bool prompt_logprobs = s.request(seq).params.prompt_logprobs.has_value() &&
                                  start < seq.num_prompt_tokens && seq.num_output_tokens() == 0;
     plan.seqs.push_back({seq.seq_id, num_new, start, seq.num_computed_tokens == seq.num_tokens(), prompt_logprobs});
-    if (num_new == 1 && start >= seq.num_prompt_tokens) ++plan.num_decode_seqs;
+    plan.num_decode_seqs += is_decode(scheduled[row]);
     for (int32_t pos = start; pos < start + num_new; ++pos) {
       plan.input_ids.push_back(seq.token_ids[pos]);
       plan.positions.push_back(pos);

@@ -110,7 +110,7 @@ Scheduler::Scheduler(const EngineConfig& config, int64_t max_model_len, int32_t 
 
 Scheduler::~Scheduler() = default;
 
-void Scheduler::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                             const SamplingParams& params, std::vector<int32_t> eos_token_ids, int32_t priority) {
   State& s = *state_;
   std::lock_guard lock(s.mutex);
@@ -165,6 +165,7 @@ void Scheduler::add_request(const std::string& request_id, std::vector<int32_t> 
   s.extend_block_hashes(seq);
   s.request_ids[request_id] = request_index;
   s.waiting.insert(s.key(seq));
+  return seq_id;
 }
 
 bool Scheduler::abort_request(const std::string& request_id) {
