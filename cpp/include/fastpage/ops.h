@@ -5,6 +5,8 @@
 // head_dim]; tokens are flattened [num_tokens, heads, head_dim]; sequences are described by
 // query_start_loc [num_seqs + 1] (cumulative new tokens), context_lens [num_seqs] (tokens in the
 // cache after this step, new ones included) and block_tables [num_seqs, max_blocks] (int32).
+// Index dtypes: query_start_loc, context_lens, block_tables int32; slot_mapping, block_mapping int64;
+// positions int32 or int64. Activations float32, bfloat16 or float16 (kernels accumulate in float).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -29,7 +31,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // In place: residual += x; x = rms_norm(residual) * weight.
 void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                         double eps);
-// In place, rotate-half (NeoX/HF) layout; cos_sin_cache [max_position, rotary_dim] = [cos | sin].
+// In place, rotate-half (NeoX/HF) layout; cos_sin_cache [max_position, rotary_dim] = [cos | sin]
+// (float32 or the activation dtype), rotary_dim == head_dim; query/key [T, H * D] or [T, H, D].
 void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                       const at::Tensor& cos_sin_cache, int64_t head_dim);
 // x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:]
@@ -38,7 +41,9 @@ at::Tensor silu_and_mul(const at::Tensor& x);
 // Copy-on-write: for each row (src, dst) of block_mapping [n, 2] (int64), copy block src to dst in
 // every cache tensor of `caches` (all layers, K and V).
 void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_mapping);
-// Swap: dst[:, mapping[i,1]] = src[:, mapping[i,0]] between device and host caches of the same shape.
+// Swap: dst[:, mapping[i,1]] = src[:, mapping[i,0]] between device and host caches [planes, num_blocks,
+// ...] (block index is dim 1, so one call moves every layer's K and V) that differ only in
+// num_blocks; block_mapping lives on the host.
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 
 }  // namespace fastpage::ops

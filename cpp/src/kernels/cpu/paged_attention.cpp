@@ -40,8 +40,24 @@ struct Scratch {
         num_valid(rows) {}
 };
 
+// The two hot loops get an AVX2+FMA clone chosen when the library loads; the build itself stays
+// at baseline x86-64 (no -march), so the same binary runs everywhere.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTPAGE_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FASTPAGE_VECTOR_CLONES
+#endif
+
+// scores[k] = q . keys[k]
+FASTPAGE_VECTOR_CLONES
+void score_keys(const float* q, const float* const* keys, int64_t num_keys, int64_t D,
+                float* scores) {
+  for (int64_t k = 0; k < num_keys; ++k) scores[k] = dot(q, keys[k], D);
+}
+
 // acc += sum_k p[k] * v_rows[k]. Sixteen outputs at a time stay in registers across all the keys,
 // so acc is loaded and stored once per chunk rather than once per key.
+FASTPAGE_VECTOR_CLONES
 void accumulate_values(float* acc, const float* p, const float* const* v_rows, int64_t num_keys,
                        int64_t D) {
   constexpr int64_t kWidth = 16;
@@ -113,11 +129,8 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
       if (num_valid == 0) continue;
       const float* q_row = scratch.query.data() + r * D;
       float* scores = scratch.scores.data() + r * kKeyChunk;
-      float chunk_max = -std::numeric_limits<float>::infinity();
-      for (int64_t k = 0; k < num_valid; ++k) {
-        scores[k] = dot(q_row, key_rows[k], D);
-        chunk_max = std::max(chunk_max, scores[k]);
-      }
+      score_keys(q_row, key_rows, num_valid, D, scores);
+      const float chunk_max = *std::max_element(scores, scores + num_valid);
       const float new_max = std::max(scratch.row_max[r], chunk_max);
       if (new_max > scratch.row_max[r]) {
         const float correction = std::exp(scratch.row_max[r] - new_max);
