@@ -302,3 +302,18 @@ def test_runner_rejects_misshapen_weights(tiny_models):
     engine.num_gpu_blocks = 4
     with pytest.raises(ValueError, match="layers.0.o_proj.weight"):
         _C.ModelRunner(loaded.model_config, engine, loaded.weights, "cpu", torch.float32)
+
+
+def test_cpu_kv_cache_is_sized_from_its_byte_budget(tiny_models):
+    loaded = load_hf(tiny_models["qwen3"])
+    mc = loaded.model_config
+    engine = _C.EngineConfig()
+    engine.block_size = 16
+    bytes_per_block = mc.num_layers * 2 * 16 * mc.num_kv_heads * mc.head_dim * 4  # K and V, float32
+    engine.cpu_kv_cache_bytes = 10 * bytes_per_block + bytes_per_block // 2
+    runner = _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)
+    assert (runner.bytes_per_block, runner.num_device_blocks) == (bytes_per_block, 10)
+
+    engine.cpu_kv_cache_bytes = bytes_per_block - 1
+    with pytest.raises(ValueError, match="KV cache"):
+        _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)
