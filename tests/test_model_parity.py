@@ -271,6 +271,7 @@ def test_mistral_sliding_window_caps_the_context(tiny_models, tmp_path):
 @pytest.mark.parametrize(("arch", "change", "named"), [
     ("llama", {"architectures": ["BertForMaskedLM"]}, "BertForMaskedLM"),
     ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}}, "low_freq_factor"),
     ("llama", {"hidden_act": "gelu"}, "hidden_act"),
     ("llama", {"mlp_bias": True}, "mlp_bias"),
     ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before"),
