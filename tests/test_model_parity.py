@@ -153,24 +153,26 @@ def test_chunked_prefill_and_greedy_decode_match_hf(arch, tiny_models):
         assert tokens[s][len(prompt):] == reference[len(prompt) - 1:].argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_bfloat16_load_matches_hf_loosely(arch, tiny_models):
+def test_half_precision_load_matches_hf_loosely(arch, dtype, tiny_models):
     path = tiny_models[arch]
-    runner, loaded = make_runner(path, dtype="bfloat16")
-    assert all(t.dtype == torch.bfloat16 for t in loaded.weights.values())
+    runner, loaded = make_runner(path, dtype=dtype)
+    torch_dtype = getattr(torch, dtype)
+    assert all(t.dtype == torch_dtype for t in loaded.weights.values())
     prompt = random_tokens(21, 3)
     plan, _ = PlanBuilder().plan([(0, prompt)])
     logits = runner.execute(plan, list(range(plan.num_tokens)))
     assert logits.dtype == torch.float32
     reference = hf_logits(path, prompt)
-    # bf16 rounding moves logits by a few hundredths; HF's own bf16 forward is the yardstick.
+    # Half precision moves logits by up to a tenth; HF's own forward in that dtype is the yardstick.
     from transformers import AutoModelForCausalLM
 
-    hf_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    hf_half = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
     with torch.no_grad():
-        hf_bf16_logits = hf_bf16(torch.tensor([prompt])).logits[0].float()
+        hf_half_logits = hf_half(torch.tensor([prompt])).logits[0].float()
     our_error = (logits - reference).abs().max().item()
-    hf_error = (hf_bf16_logits - reference).abs().max().item()
+    hf_error = (hf_half_logits - reference).abs().max().item()
     assert our_error < 0.2 and our_error <= 2 * hf_error, (our_error, hf_error)
     assert logits.argmax(-1).tolist() == reference.argmax(-1).tolist()
 
@@ -271,6 +273,7 @@ def test_mistral_sliding_window_caps_the_context(tiny_models, tmp_path):
 @pytest.mark.parametrize(("arch", "change", "named"), [
     ("llama", {"architectures": ["BertForMaskedLM"]}, "BertForMaskedLM"),
     ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}}, "low_freq_factor"),
     ("llama", {"hidden_act": "gelu"}, "hidden_act"),
     ("llama", {"mlp_bias": True}, "mlp_bias"),
     ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before"),
@@ -302,3 +305,18 @@ def test_runner_rejects_misshapen_weights(tiny_models):
     engine.num_gpu_blocks = 4
     with pytest.raises(ValueError, match="layers.0.o_proj.weight"):
         _C.ModelRunner(loaded.model_config, engine, loaded.weights, "cpu", torch.float32)
+
+
+def test_cpu_kv_cache_is_sized_from_its_byte_budget(tiny_models):
+    loaded = load_hf(tiny_models["qwen3"])
+    mc = loaded.model_config
+    engine = _C.EngineConfig()
+    engine.block_size = 16
+    bytes_per_block = mc.num_layers * 2 * 16 * mc.num_kv_heads * mc.head_dim * 4  # K and V, float32
+    engine.cpu_kv_cache_bytes = 10 * bytes_per_block + bytes_per_block // 2
+    runner = _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)
+    assert (runner.bytes_per_block, runner.num_device_blocks) == (bytes_per_block, 10)
+
+    engine.cpu_kv_cache_bytes = bytes_per_block - 1
+    with pytest.raises(ValueError, match="KV cache"):
+        _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)

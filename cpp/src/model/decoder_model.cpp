@@ -160,13 +160,26 @@ at::Tensor DecoderModel::add_and_norm(at::Tensor& hidden, at::Tensor& residual, 
   return at::layer_norm(residual, {config_.hidden_size}, norm.weight, norm.bias, config_.norm_eps);
 }
 
-at::Tensor DecoderModel::attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
-                                   const ForwardInputs& in, const KVCache& cache) const {
+DecoderModel::Scratch DecoderModel::make_scratch(int64_t num_tokens, const at::TensorOptions& options) const {
+  const ModelConfig& c = config_;
+  const int64_t q_size = c.num_heads * c.head_dim;
+  const int64_t mlp_in = c.gated_mlp ? 2 * c.intermediate_size : c.intermediate_size;
+  return Scratch{
+      at::empty({num_tokens, q_size + 2 * c.num_kv_heads * c.head_dim}, options),
+      at::empty({num_tokens, c.num_heads, c.head_dim}, options),
+      at::empty({num_tokens, c.hidden_size}, options),
+      at::empty({num_tokens, mlp_in}, options),
+      at::empty({num_tokens, c.hidden_size}, options),
+  };
+}
+
+at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
+                                    const ForwardInputs& in, const KVCache& cache, Scratch& scratch) const {
   const ModelConfig& c = config_;
   const int64_t num_tokens = x.size(0);
   const int64_t q_size = c.num_heads * c.head_dim;
   const int64_t kv_size = c.num_kv_heads * c.head_dim;
-  at::Tensor qkv = at::linear(x, layer.qkv_weight, layer.qkv_bias);
+  at::Tensor& qkv = at::linear_out(scratch.qkv, x, layer.qkv_weight, layer.qkv_bias);
   // Views into qkv (row stride q_size + 2 * kv_size): no copies on the way to the kernels.
   at::Tensor q = qkv.narrow(1, 0, q_size).view({num_tokens, c.num_heads, c.head_dim});
   at::Tensor k = qkv.narrow(1, q_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
@@ -181,36 +194,37 @@ at::Tensor DecoderModel::attention(const Layer& layer, int64_t layer_index, cons
   const at::Tensor& key_cache = cache.key(layer_index);
   const at::Tensor& value_cache = cache.value(layer_index);
   ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
-  at::Tensor out = at::empty({num_tokens, c.num_heads, c.head_dim}, q.options());
-  ops::paged_attention(out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
+  ops::paged_attention(scratch.attn_out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
                        in.block_tables, attn_scale_, in.max_query_len, in.max_context_len);
-  return at::linear(out.view({num_tokens, q_size}), layer.o_weight, layer.o_bias);
+  return at::linear_out(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
+                        layer.o_bias);
 }
 
-at::Tensor DecoderModel::mlp(const Layer& layer, const at::Tensor& x) const {
+at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
-    at::Tensor gate_up = at::linear(x, layer.gate_up_weight);
-    return at::linear(ops::silu_and_mul(gate_up), layer.down_weight);
+    at::linear_out(scratch.gate_up, x, layer.gate_up_weight);
+    return at::linear_out(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
   }
-  at::Tensor up = at::linear(x, layer.up_weight, layer.up_bias);
+  at::Tensor& up = at::linear_out(scratch.gate_up, x, layer.up_weight, layer.up_bias);
   switch (config_.activation) {
     case Activation::GeluTanh: at::gelu_(up, "tanh"); break;
     case Activation::Gelu: at::gelu_(up, "none"); break;
     case Activation::ReLU: at::relu_(up); break;
     case Activation::SiLU: throw std::invalid_argument("SiLU needs gated_mlp");
   }
-  return at::linear(up, layer.down_weight, layer.down_bias);
+  return at::linear_out(scratch.down_proj, up, layer.down_weight, layer.down_bias);
 }
 
 at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) const {
   at::Tensor hidden = embed(in);
   at::Tensor residual;
+  Scratch scratch = make_scratch(hidden.size(0), hidden.options());
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
     at::Tensor x = add_and_norm(hidden, residual, layer.input_norm);
-    hidden = attention(layer, static_cast<int64_t>(i), x, in, cache);
+    hidden = attention(layer, static_cast<int64_t>(i), x, in, cache, scratch);
     x = add_and_norm(hidden, residual, layer.post_attn_norm);
-    hidden = mlp(layer, x);
+    hidden = mlp(layer, x, scratch);
   }
   // Only the rows that need logits go through the final norm and the lm_head.
   at::Tensor last_hidden = hidden.index_select(0, in.logits_indices);

@@ -56,13 +56,19 @@ class DecoderModel {
     at::Tensor down_weight, down_bias;
   };
 
+  // Activations every layer writes, allocated once per step (not per layer) and reused in turn.
+  struct Scratch {
+    at::Tensor qkv, attn_out, o_proj, gate_up, down_proj;
+  };
+  Scratch make_scratch(int64_t num_tokens, const at::TensorOptions& options) const;
+
   at::Tensor embed(const ForwardInputs& in) const;
   // Adds `hidden` into the residual stream and returns the normalised stream (pre-norm block
   // entry). On the first call `residual` is undefined and becomes `hidden`.
   at::Tensor add_and_norm(at::Tensor& hidden, at::Tensor& residual, const Norm& norm) const;
-  at::Tensor attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
-                       const ForwardInputs& in, const KVCache& cache) const;
-  at::Tensor mlp(const Layer& layer, const at::Tensor& x) const;
+  at::Tensor& attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
+                        const ForwardInputs& in, const KVCache& cache, Scratch& scratch) const;
+  at::Tensor& mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const;
 
   ModelConfig config_;
   double attn_scale_;

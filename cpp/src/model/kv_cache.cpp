@@ -76,8 +76,11 @@ KVCache::KVCache(const ModelConfig& m, int64_t block_size, int64_t num_device_bl
   const auto shape = [&](int64_t blocks) {
     return std::vector<int64_t>{m.num_layers, 2, blocks, block_size, m.num_kv_heads, m.head_dim};
   };
-  // Zeroed so that no kernel ever reads uninitialised (possibly NaN) bytes from an unused slot.
-  device_cache = at::zeros(shape(num_device_blocks), at::TensorOptions().dtype(dtype).device(device));
+  // Attention reads only slots that this step or an earlier one wrote. On the CPU the cache stays
+  // uninitialised so the OS commits pages only as blocks get used; on a GPU it is zeroed once.
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  device_cache = device.is_cpu() ? at::empty(shape(num_device_blocks), options)
+                                 : at::zeros(shape(num_device_blocks), options);
   if (num_host_blocks > 0) {
     // Pinned when the device is a GPU so swaps can run as async copies.
     host_cache = at::empty(shape(num_host_blocks),

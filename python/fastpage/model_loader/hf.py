@@ -116,6 +116,12 @@ def _apply_rope(architecture: str, config: dict[str, Any], mc: _C.ModelConfig) -
         return
     if rope_type not in ("linear", "llama3"):
         raise _unsupported(architecture, "rope_type", rope_type)
+    needed = ["factor"]
+    if rope_type == "llama3":
+        needed += ["low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+    missing = [key for key in needed if params.get(key) is None]
+    if missing:
+        raise ValueError(f"{architecture}: rope scaling {rope_type!r} needs {', '.join(missing)}")
     mc.rope_scaling_type = rope_type
     mc.rope_scaling_factor = float(params["factor"])
     if rope_type == "llama3":
