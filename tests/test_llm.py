@@ -182,11 +182,14 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(llm, hf):
 def test_best_of_returns_the_most_likely(llm):
     prompt = {"prompt_token_ids": random_prompts([5], seed=6)[0]}
     common = dict(temperature=1.5, seed=11, max_tokens=8, ignore_eos=True)
-    everything = llm.generate(prompt, SamplingParams(n=4, **common), use_tqdm=False)[0].outputs
+    everything = llm.generate(prompt, SamplingParams(n=4, logprobs=0, **common), use_tqdm=False)[0].outputs
     best = llm.generate(prompt, SamplingParams(n=2, best_of=4, **common), use_tqdm=False)[0].outputs
     ranked = sorted(everything, key=lambda c: c.cumulative_logprob, reverse=True)[:2]
     assert [c.token_ids for c in best] == [c.token_ids for c in ranked]
     assert [c.index for c in best] == [0, 1]
+    unranked = llm.generate(prompt, SamplingParams(n=4, **common), use_tqdm=False)[0].outputs
+    assert [c.token_ids for c in unranked] == [c.token_ids for c in everything]
+    assert all(c.cumulative_logprob is None for c in unranked)  # not computed without logprobs
 
 
 def test_chat_uses_the_template(llm, hf):
