@@ -39,11 +39,15 @@ def hf_logprobs(model, token_ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(model(torch.tensor([token_ids])).logits[0].float(), dim=-1)
 
 
+@torch.no_grad()
 def hf_greedy(model, prompt_ids: list[int], num_tokens: int) -> list[int]:
-    ids = list(prompt_ids)
+    """Argmax decoding with transformers' own KV cache, EOS ignored."""
+    out = model(torch.tensor([prompt_ids]), use_cache=True)
+    tokens = []
     for _ in range(num_tokens):
-        ids.append(int(hf_logprobs(model, ids)[-1].argmax()))
-    return ids[len(prompt_ids):]
+        tokens.append(int(out.logits[0, -1].argmax()))
+        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens
 
 
 def assert_no_leaks(llm: LLM) -> None:
