@@ -267,3 +267,19 @@ def test_beam_search_matches_reference(llm, hf):
             assert sequence.cum_logprob == pytest.approx(cum, abs=1e-3)
     stats = llm.llm_engine.get_stats()
     assert stats["prefix_cache_hits"] > 0  # later steps reuse the beams' cached blocks
+
+
+def test_preempted_requests_give_the_same_text(llm, llama_dir):
+    """A KV cache too small for the batch forces preemption; the outputs (tokens and the text built
+    from them) are those of the unconstrained engine."""
+    small = LLM(model=llama_dir, dtype="float32", device="cpu", max_model_len=MAX_MODEL_LEN,
+                num_gpu_blocks_override=16, enable_prefix_caching=False)
+    prompts = [{"prompt_token_ids": p} for p in random_prompts([40, 35, 50, 45], seed=11)]
+    params = SamplingParams(max_tokens=40, **GREEDY)
+    constrained = small.generate(prompts, params, use_tqdm=False)
+    assert small.llm_engine.get_stats()["num_preemptions"] > 0
+    reference = llm.generate(prompts, params, use_tqdm=False)
+    for got, want in zip(constrained, reference):
+        assert got.outputs[0].token_ids == want.outputs[0].token_ids
+        assert got.outputs[0].text == want.outputs[0].text
+    assert_no_leaks(small)
