@@ -293,3 +293,55 @@ def test_chat_template_from_metadata_renders_like_transformers(smollm, smollm_to
             rendered = smollm_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
             assert rendered == reference_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
             assert smollm_tokenizer.encode(rendered) == reference_tokenizer.encode(rendered)
+
+
+# --- greedy generation through the engine, against transformers on the same file ----------------------
+
+needs_engine = pytest.mark.skipif(not hasattr(__import__("fastpage")._C, "Engine"),
+                                  reason="the C++ engine is not built into fastpage._C yet")
+_PLAIN_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+_CHATS = [
+    [{"role": "user", "content": "What is 9.11 vs 9.8, which is bigger?"}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Say hello."}],
+]
+_NUM_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def smollm_llm(smollm_path):
+    import fastpage
+
+    start = time.perf_counter()
+    llm = fastpage.LLM(model=smollm_path, dtype="float32", device="cpu", kv_cache_memory_bytes=128 << 20)
+    print(f"\nLLM({smollm_path.rsplit('/', 1)[1]}) ready in {time.perf_counter() - start:.2f} s")
+    return llm
+
+
+def _assert_transformers_greedy(reference_model, prompt_ids: list[int], generated: list[int]):
+    """One forward pass over prompt + generated tokens: transformers' argmax after every prefix must
+    be the next generated token, which makes `generated` exactly transformers' greedy continuation."""
+    with torch.no_grad():
+        logits = reference_model(torch.tensor([prompt_ids + generated])).logits[0]
+    predicted = logits[len(prompt_ids) - 1:-1].argmax(dim=-1).tolist()
+    assert generated == predicted
+
+
+@needs_engine
+def test_greedy_generation_matches_transformers(smollm_llm, reference_model, reference_tokenizer):
+    import fastpage
+
+    params = fastpage.SamplingParams(temperature=0.0, max_tokens=_NUM_TOKENS, ignore_eos=True)
+    # All prompts in one batch: plain ones, and chats through the template from the file's metadata.
+    plain = smollm_llm.generate(_PLAIN_PROMPTS, params, use_tqdm=False)
+    chats = smollm_llm.chat(_CHATS, params, use_tqdm=False)
+    for output, text in zip(plain, _PLAIN_PROMPTS):
+        assert output.prompt_token_ids == reference_tokenizer.encode(text)
+    for output, messages in zip(chats, _CHATS):
+        expected = reference_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert output.prompt_token_ids == list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+    for output in plain + chats:
+        generated = output.outputs[0].token_ids
+        assert len(generated) == _NUM_TOKENS
+        _assert_transformers_greedy(reference_model, output.prompt_token_ids, generated)
+    assert plain[0].outputs[0].text.startswith(" Paris.\n\nThe answer is:")
+    assert chats[0].outputs[0].text.startswith("The difference between 9.11 and 9.8 is 1.1")
