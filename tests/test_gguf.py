@@ -54,7 +54,8 @@ def _gguf_name(hf_name: str) -> str:
     return f"blk.{layer}.{_HF_TO_GGUF[module]}.{kind}"
 
 
-def _write_tiny_gguf(path, arch: str, float_type: np.dtype) -> transformers.PreTrainedModel:
+def _write_tiny_gguf(path, arch: str, float_type: np.dtype, wrong_feed_forward_length: bool = False
+                     ) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
     config = _HF_CONFIGS[arch]()
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -62,7 +63,7 @@ def _write_tiny_gguf(path, arch: str, float_type: np.dtype) -> transformers.PreT
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_feed_forward_length(config.intermediate_size + (8 if wrong_feed_forward_length else 0))
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
@@ -179,6 +180,10 @@ def test_unsupported_architecture_and_bad_files_raise(tmp_path):
     writer.close()
     with pytest.raises(ValueError, match="falcon"):
         load_gguf(str(path))
+    inconsistent = tmp_path / "inconsistent.gguf"
+    _write_tiny_gguf(inconsistent, "llama", np.float32, wrong_feed_forward_length=True)
+    with pytest.raises(ValueError, match="gate_up_proj.weight"):
+        load_gguf(str(inconsistent))
     not_gguf = tmp_path / "junk.gguf"
     not_gguf.write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(ValueError, match="not a GGUF file"):

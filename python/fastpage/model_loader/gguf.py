@@ -11,10 +11,11 @@ import os
 import numpy as np
 import torch
 
+from gguf import GGMLQuantizationType
+
 from fastpage import _C
 from fastpage.model_loader import LoadedModel, resolve_dtype
 from fastpage.model_loader.gguf_file import GGUFFile
-from gguf import GGMLQuantizationType
 
 # GGUF architecture -> (HF architecture name, whether Q/K rows are stored in llama.cpp's rotary order).
 # llama.cpp's converter permutes Q/K only for the architectures it runs with "normal" (interleaved)
@@ -83,8 +84,15 @@ def gguf_model_config(gguf: GGUFFile) -> _C.ModelConfig:
         raise ValueError(f"{gguf.path}: rope scaling {scaling!r} is not supported")
     if "rope_freqs.weight" in gguf.tensors:  # llama3 scaling, baked into a frequency-factor tensor
         raise ValueError(f"{gguf.path}: rope frequency factors (rope_freqs.weight, llama3 scaling) are not supported")
-    tokens = gguf.get("tokenizer.ggml.tokens")
-    config.vocab_size = len(tokens) if tokens else int(key("vocab_size"))
+    # The embedding's rows are the model's vocabulary (llama.cpp pads the token list to match them).
+    if "token_embd.weight" not in gguf.tensors:
+        raise ValueError(f"{gguf.path}: GGUF file has no token_embd.weight tensor")
+    embed_rows, embed_width = gguf.tensors["token_embd.weight"].shape
+    num_tokens = len(gguf.get("tokenizer.ggml.tokens") or ())
+    if embed_width != config.hidden_size or num_tokens > embed_rows:
+        raise ValueError(f"{gguf.path}: token_embd.weight is [{embed_rows}, {embed_width}], which does not fit "
+                         f"{arch}.embedding_length={config.hidden_size} and {num_tokens} tokenizer tokens")
+    config.vocab_size = embed_rows
     config.norm_type = _C.NormType.RMSNorm
     config.activation = _C.Activation.SiLU
     config.gated_mlp = True
@@ -125,11 +133,11 @@ def _gguf_weights(gguf: GGUFFile, config: _C.ModelConfig, permuted_qk: bool, dty
     Fusing and un-permuting happen in numpy (single-threaded): torch's intra-op threads gain nothing
     on these copies and stall badly on a busy machine.
     """
-    def load(*names: str, permute_heads: tuple[int | None, ...] = ()) -> torch.Tensor:
+    def load(*names: str, permute_heads: tuple[int, ...] = ()) -> torch.Tensor:
+        """The named tensors concatenated along rows; the first len(permute_heads) un-permuted."""
         parts = [gguf.load_array(name) for name in names]
         for i, num_heads in enumerate(permute_heads):
-            if num_heads is not None:
-                parts[i] = _unpermute_rotary_rows(parts[i], num_heads)
+            parts[i] = _unpermute_rotary_rows(parts[i], num_heads)
         array = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return torch.from_numpy(array).to(dtype)
 
@@ -150,11 +158,22 @@ def _gguf_weights(gguf: GGUFFile, config: _C.ModelConfig, permuted_qk: bool, dty
         for gguf_name, name in _LAYER_NAMES.items():
             if src + gguf_name in gguf.tensors:
                 weights[dst + name] = load(src + gguf_name)
-    expected_embed = (config.vocab_size, config.hidden_size)
-    if tuple(weights["embed_tokens.weight"].shape) != expected_embed:
-        raise ValueError(f"{gguf.path}: token_embd.weight has shape {tuple(weights['embed_tokens.weight'].shape)}, "
-                         f"expected {expected_embed} from the metadata")
+    _check_layer_shapes(gguf.path, weights, config)
     return {name: tensor.to(device) for name, tensor in weights.items()}
+
+
+def _check_layer_shapes(path: str, weights: dict[str, torch.Tensor], config: _C.ModelConfig) -> None:
+    """A file whose matrices disagree with its own metadata gets a ValueError, not a crash in the runner."""
+    q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    expected = {"qkv_proj.weight": (q_rows + 2 * kv_rows, config.hidden_size),
+                "o_proj.weight": (config.hidden_size, q_rows),
+                "gate_up_proj.weight": (2 * config.intermediate_size, config.hidden_size),
+                "down_proj.weight": (config.hidden_size, config.intermediate_size)}
+    for i in range(config.num_layers):
+        for name, shape in expected.items():
+            actual = tuple(weights[f"layers.{i}.{name}"].shape)
+            if actual != shape:
+                raise ValueError(f"{path}: layer {i} {name} is {list(actual)}, but the metadata implies {list(shape)}")
 
 
 def load_gguf(path: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:

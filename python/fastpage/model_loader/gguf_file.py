@@ -113,6 +113,8 @@ class GGUFFile:
 
     def load_array(self, name: str) -> np.ndarray:
         """The tensor dequantized to a float32 array, in torch shape ([out, in] for linear weights)."""
+        if name not in self.tensors:
+            raise ValueError(f"{self.path}: GGUF file has no tensor {name!r}")
         info = self.tensors[name]
         block_size, type_size = GGML_QUANT_SIZES[info.qtype]
         row = info.shape[-1]
