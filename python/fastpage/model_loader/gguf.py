@@ -253,14 +253,13 @@ def load_gguf_tokenizer(path: str):
         token_id = gguf.get(f"tokenizer.ggml.{key}")
         return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
 
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=_byte_level_backend(gguf),
         bos_token=token("bos_token_id"), eos_token=token("eos_token_id"),
         unk_token=token("unknown_token_id"), pad_token=token("padding_token_id"),
         chat_template=gguf.get("tokenizer.chat_template"),
         model_max_length=gguf.get(f"{gguf.get('general.architecture')}.context_length", int(1e30)),
         clean_up_tokenization_spaces=False,
+        add_bos_token=bool(gguf.get("tokenizer.ggml.add_bos_token", False)),
+        add_eos_token=bool(gguf.get("tokenizer.ggml.add_eos_token", False)),
     )
-    tokenizer.add_bos_token = bool(gguf.get("tokenizer.ggml.add_bos_token", False))
-    tokenizer.add_eos_token = bool(gguf.get("tokenizer.ggml.add_eos_token", False))
-    return tokenizer
