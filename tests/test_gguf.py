@@ -75,6 +75,8 @@ def _write_tiny_gguf(path, arch: str, float_type: np.dtype, wrong_feed_forward_l
     writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
     writer.add_token_merges([])
     writer.add_eos_token_id(config.vocab_size - 1)
+    writer.add_float32("general.sampling.temp", 0.5)
+    writer.add_int32("general.sampling.top_k", 20)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
@@ -150,6 +152,7 @@ def test_tiny_gguf_weights_and_config_match_transformers(tmp_path, arch):
     assert config.tie_word_embeddings == original.config.tie_word_embeddings
     assert config.qkv_bias == (arch == "qwen2") and config.qk_norm == (arch == "qwen3")
     assert loaded.eos_token_ids == [original.config.vocab_size - 1]
+    assert loaded.generation_defaults == {"temperature": 0.5, "top_k": 20}
     ours = _split_canonical(loaded.weights, config)
     _assert_same_parameters(ours, reference.state_dict(), config.tie_word_embeddings)
     # transformers' loader and ours agree; both must give back the model that was written.
@@ -250,6 +253,7 @@ def test_smollm_config_matches_transformers(smollm, reference_model):
     assert config.tie_word_embeddings and hf_config.tie_word_embeddings
     assert smollm.max_model_len == hf_config.max_position_embeddings
     assert smollm.eos_token_ids == [2]
+    assert smollm.generation_defaults == {}  # the file recommends no sampling settings
 
 
 def test_smollm_weights_match_transformers(smollm, reference_model):

@@ -35,6 +35,14 @@ _LAYER_NAMES = {
     "attn_q_norm.weight": "q_norm.weight",
     "attn_k_norm.weight": "k_norm.weight",
 }
+# Recommended sampling settings some files carry (llama.cpp's general.sampling.*) -> SamplingParams names.
+_SAMPLING_DEFAULTS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.top_k": "top_k",
+    "general.sampling.min_p": "min_p",
+    "general.sampling.penalty_repeat": "repetition_penalty",
+}
 _FLOAT_TYPES = {
     GGMLQuantizationType.F32: torch.float32,
     GGMLQuantizationType.F16: torch.float16,
@@ -192,6 +200,8 @@ def load_gguf(path: str, dtype: str = "auto", device: str = "cpu") -> LoadedMode
         eos_token_ids=[int(eos)] if eos is not None else [],
         max_model_len=config.max_position_embeddings,
         tokenizer_source=path,
+        generation_defaults={name: gguf.get(key) for key, name in _SAMPLING_DEFAULTS.items()
+                             if gguf.get(key) is not None},
         chat_template=gguf.get("tokenizer.chat_template"),
     )
 
