@@ -12,7 +12,7 @@ namespace {
 at::Tensor silu_and_mul(const at::Tensor& x) {
   constexpr const char* op = "silu_and_mul";
   check_cuda(x, op, "x");
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) % 2 == 0, op, ": x's last dim must be even, got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, op, ": x must be [..., 2 * d], got ", x.sizes());
   const int64_t d = x.size(-1) / 2;
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = d;

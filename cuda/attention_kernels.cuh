@@ -326,6 +326,7 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 template <typename T>
 __global__ void merge_splits_kernel(const AttentionParams p) {
   const int token = blockIdx.x, head = blockIdx.y;
+  if (token >= p.query_start_loc[p.num_seqs]) return;  // padding past the last sequence stays untouched
   const int64_t split_stride = static_cast<int64_t>(p.num_tokens) * p.num_heads;
   const int64_t entry = static_cast<int64_t>(token) * p.num_heads + head;
   float m = -INFINITY;

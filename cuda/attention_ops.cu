@@ -27,33 +27,33 @@ void check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tens
   check_dim(query_start_loc, 1, kOp, "query_start_loc");
   check_dim(context_lens, 1, kOp, "context_lens");
   check_dim(block_tables, 2, kOp, "block_tables");
-  TORCH_CHECK_VALUE(out.sizes() == query.sizes(), kOp, ": out shape ", out.sizes(), " != query shape ",
+  TORCH_CHECK(out.sizes() == query.sizes(), kOp, ": out shape ", out.sizes(), " != query shape ",
                     query.sizes());
   for (auto [t, name] : {std::pair{&out, "out"}, {&key_cache, "key_cache"}, {&value_cache, "value_cache"}}) {
     check_dtype(*t, query.scalar_type(), kOp, name);
   }
   for (auto [t, name] : {std::pair{&query_start_loc, "query_start_loc"}, {&context_lens, "context_lens"},
                          {&block_tables, "block_tables"}}) {
-    check_dtype(*t, at::kInt, kOp, name);
+    TORCH_CHECK(t->scalar_type() == at::kInt, kOp, ": ", name, " must be int32, got ", t->scalar_type());
   }
-  TORCH_CHECK_VALUE(query.stride(2) == 1 && out.stride(2) == 1 && key_cache.stride(3) == 1, kOp,
+  TORCH_CHECK(query.stride(2) == 1 && out.stride(2) == 1 && key_cache.stride(3) == 1, kOp,
                     ": query, out and key_cache must be contiguous in head_dim");
-  TORCH_CHECK_VALUE(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(), kOp,
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(), kOp,
                     ": value_cache must have key_cache's shape and strides");
   const int64_t num_heads = query.size(1), num_kv_heads = key_cache.size(2);
-  TORCH_CHECK_VALUE(key_cache.size(3) == query.size(2), kOp, ": key_cache head_dim ", key_cache.size(3),
+  TORCH_CHECK(key_cache.size(3) == query.size(2), kOp, ": key_cache head_dim ", key_cache.size(3),
                     " != query head_dim ", query.size(2));
-  TORCH_CHECK_VALUE(num_kv_heads > 0 && num_heads % num_kv_heads == 0, kOp, ": num_heads ", num_heads,
+  TORCH_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, kOp, ": num_heads ", num_heads,
                     " must be a multiple of num_kv_heads ", num_kv_heads);
   const int64_t num_seqs = context_lens.size(0);
-  TORCH_CHECK_VALUE(query_start_loc.size(0) == num_seqs + 1, kOp, ": query_start_loc must have num_seqs + 1 = ",
+  TORCH_CHECK(query_start_loc.size(0) == num_seqs + 1, kOp, ": query_start_loc must have num_seqs + 1 = ",
                     num_seqs + 1, " entries, got ", query_start_loc.size(0));
-  TORCH_CHECK_VALUE(block_tables.size(0) == num_seqs && block_tables.stride(1) == 1, kOp,
+  TORCH_CHECK(block_tables.size(0) == num_seqs && block_tables.stride(1) == 1, kOp,
                     ": block_tables must be [num_seqs, max_blocks] with contiguous rows");
-  TORCH_CHECK_VALUE(std::isfinite(scale), kOp, ": scale must be finite");
-  TORCH_CHECK_VALUE(max_query_len >= 0 && max_context_len >= 0, kOp,
+  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite");
+  TORCH_CHECK(max_query_len >= 0 && max_context_len >= 0, kOp,
                     ": max_query_len and max_context_len must be >= 0");
-  TORCH_CHECK_VALUE(max_context_len <= block_tables.size(1) * key_cache.size(1), kOp, ": max_context_len ",
+  TORCH_CHECK(max_context_len <= block_tables.size(1) * key_cache.size(1), kOp, ": max_context_len ",
                     max_context_len, " exceeds the block table's capacity ", block_tables.size(1) * key_cache.size(1));
 }
 
@@ -130,7 +130,7 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
     p.partial_out = partial_out.data_ptr<float>();
     p.partial_lse = partial_lse.data_ptr<float>();
   }
-  TORCH_CHECK_VALUE(base_blocks <= 0x7fffffff && p.num_kv_heads <= 65535, kOp, ": batch too large for one launch");
+  TORCH_CHECK(base_blocks <= 0x7fffffff && p.num_kv_heads <= 65535, kOp, ": batch too large for one launch");
   const dim3 grid(static_cast<unsigned>(p.num_seqs * p.num_m_tiles), p.num_kv_heads, p.num_splits);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -157,7 +157,7 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
   check_inputs(out, query, key_cache, value_cache, query_start_loc, context_lens, block_tables, scale, max_query_len,
                max_context_len);
   if (query.size(0) == 0 || context_lens.size(0) == 0) return;
-  TORCH_CHECK_VALUE(query.size(0) <= 0x7fffffff && query.size(1) <= 65535, kOp, ": query too large");
+  TORCH_CHECK(query.size(0) <= 0x7fffffff && query.size(1) <= 65535, kOp, ": query too large");
   const c10::cuda::CUDAGuard guard(query.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const AttentionParams p =
@@ -170,7 +170,7 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
         return;
       }
     }
-    TORCH_CHECK_VALUE(p.head_dim <= 256, kOp, ": head_dim ", p.head_dim, " > 256 is not supported");
+    TORCH_CHECK(p.head_dim <= 256, kOp, ": head_dim ", p.head_dim, " > 256 is not supported");
     constexpr int kWarps = 4;
     const int64_t items = static_cast<int64_t>(p.num_tokens) * p.num_heads;
     paged_attention_fallback_kernel<T>

@@ -30,22 +30,23 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
   check_dim(key, 3, op, "key");
   check_dim(key_cache, 4, op, "key_cache");
   check_dim(slot_mapping, 1, op, "slot_mapping");
-  TORCH_CHECK_VALUE(value.sizes() == key.sizes(), op, ": value shape ", value.sizes(), " != key shape ",
+  TORCH_CHECK(value.sizes() == key.sizes(), op, ": value shape ", value.sizes(), " != key shape ",
                     key.sizes());
-  TORCH_CHECK_VALUE(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(),
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(),
                     op, ": value_cache must have key_cache's shape and strides");
-  const int64_t num_tokens = key.size(0), num_kv_heads = key.size(1), head_dim = key.size(2);
-  TORCH_CHECK_VALUE(slot_mapping.size(0) == num_tokens, op, ": slot_mapping has ", slot_mapping.size(0),
-                    " entries for ", num_tokens, " tokens");
-  TORCH_CHECK_VALUE(key_cache.size(2) == num_kv_heads && key_cache.size(3) == head_dim, op,
+  // Tokens past slot_mapping's length (padding) are not written.
+  const int64_t num_tokens = slot_mapping.size(0), num_kv_heads = key.size(1), head_dim = key.size(2);
+  TORCH_CHECK(num_tokens <= key.size(0), op, ": slot_mapping has ", num_tokens, " entries but key has only ",
+              key.size(0), " tokens");
+  TORCH_CHECK(key_cache.size(2) == num_kv_heads && key_cache.size(3) == head_dim, op,
                     ": key_cache [num_blocks, block_size, ", num_kv_heads, ", ", head_dim, "] expected, got ",
                     key_cache.sizes());
   for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}}) {
     check_dtype(*t, key_cache.scalar_type(), op, name);
-    TORCH_CHECK_VALUE(contiguous_from(*t, 1), op, ": ", name, " must be contiguous within a token");
+    TORCH_CHECK(contiguous_from(*t, 1), op, ": ", name, " must be contiguous within a token");
   }
   check_dtype(value_cache, key_cache.scalar_type(), op, "value_cache");
-  TORCH_CHECK_VALUE(key_cache.stride(3) == 1, op, ": key_cache head_dim must be contiguous");
+  TORCH_CHECK(key_cache.stride(3) == 1, op, ": key_cache head_dim must be contiguous");
   if (num_tokens == 0) return;
 
   const c10::cuda::CUDAGuard guard(key_cache.device());
@@ -79,7 +80,7 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
 
 void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
   constexpr const char* op = "copy_blocks";
-  TORCH_CHECK_VALUE(block_mapping.dim() == 2 && block_mapping.size(1) == 2, op,
+  TORCH_CHECK(block_mapping.dim() == 2 && block_mapping.size(1) == 2, op,
                     ": block_mapping must be [num_pairs, 2], got ", block_mapping.sizes());
   const int64_t num_pairs = block_mapping.size(0), num_caches = static_cast<int64_t>(caches.size());
   if (num_pairs == 0 || num_caches == 0) return;
@@ -91,9 +92,9 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
   for (int64_t c = 0; c < num_caches; ++c) {
     const at::Tensor& cache = caches[c];
     check_cuda(cache, op, "caches");
-    TORCH_CHECK_VALUE(cache.device() == device, op, ": caches[", c, "] is on ", cache.device(), ", expected ",
+    TORCH_CHECK(cache.device() == device, op, ": caches[", c, "] is on ", cache.device(), ", expected ",
                       device);
-    TORCH_CHECK_VALUE(cache.dim() >= 1 && contiguous_from(cache, 1), op, ": caches[", c,
+    TORCH_CHECK(cache.dim() >= 1 && contiguous_from(cache, 1), op, ": caches[", c,
                       "] must be contiguous within a block");
     const int64_t es = cache.element_size();
     m[c] = reinterpret_cast<int64_t>(cache.data_ptr());
@@ -101,13 +102,13 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
     m[2 * num_caches + c] = cache.size(0) == 0 ? 0 : cache.numel() / cache.size(0) * es;
     aligned = aligned && m[c] % 16 == 0 && m[num_caches + c] % 16 == 0 && m[2 * num_caches + c] % 16 == 0;
   }
-  TORCH_CHECK_VALUE(aligned, op, ": cache blocks must be 16-byte aligned multiples of 16 bytes");
+  TORCH_CHECK(aligned, op, ": cache blocks must be 16-byte aligned multiples of 16 bytes");
   const auto mapping = block_mapping.to(at::kCPU, at::kLong).contiguous();
   const int64_t* pairs = mapping.data_ptr<int64_t>();
   for (int64_t i = 0; i < 2 * num_pairs; ++i) {
     for (int64_t c = 0; c < num_caches; ++c) {
-      TORCH_CHECK_VALUE(pairs[i] >= 0 && pairs[i] < caches[c].size(0), op, ": block id ", pairs[i],
-                        " out of range [0, ", caches[c].size(0), ")");
+      TORCH_CHECK(pairs[i] >= 0 && pairs[i] < caches[c].size(0), op, ": block_mapping holds block ", pairs[i],
+                  " outside [0, ", caches[c].size(0), ")");
     }
     m[3 * num_caches + i] = pairs[i];
   }
@@ -124,14 +125,14 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
 // Asynchronous on the current stream (pinned host memory makes it truly so).
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping) {
   constexpr const char* op = "swap_blocks";
-  TORCH_CHECK_VALUE(src.is_cuda() || dst.is_cuda(), op, ": src or dst must be a CUDA tensor");
-  TORCH_CHECK_VALUE(src.dim() >= 2 && src.sizes().slice(2) == dst.sizes().slice(2) && src.dim() == dst.dim() &&
+  TORCH_CHECK(src.is_cuda() || dst.is_cuda(), op, ": src or dst must be a CUDA tensor");
+  TORCH_CHECK(src.dim() >= 2 && src.sizes().slice(2) == dst.sizes().slice(2) && src.dim() == dst.dim() &&
                         src.size(0) == dst.size(0),
                     op, ": src ", src.sizes(), " and dst ", dst.sizes(), " must match except in dim 1 (blocks)");
   check_dtype(dst, src.scalar_type(), op, "dst");
-  TORCH_CHECK_VALUE(contiguous_from(src, 2) && contiguous_from(dst, 2), op,
+  TORCH_CHECK(contiguous_from(src, 2) && contiguous_from(dst, 2), op,
                     ": src and dst must be contiguous within a block");
-  TORCH_CHECK_VALUE(block_mapping.dim() == 2 && block_mapping.size(1) == 2, op,
+  TORCH_CHECK(block_mapping.dim() == 2 && block_mapping.size(1) == 2, op,
                     ": block_mapping must be [num_pairs, 2], got ", block_mapping.sizes());
   const auto mapping = block_mapping.to(at::kCPU, at::kLong).contiguous();
   const int64_t num_pairs = mapping.size(0);
@@ -148,8 +149,10 @@ void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor&
   const int64_t dst_pitch = dst.size(0) == 1 ? block_bytes : dst.stride(0) * es;
   for (int64_t i = 0; i < num_pairs; ++i) {
     const int64_t s = pairs[2 * i], d = pairs[2 * i + 1];
-    TORCH_CHECK_VALUE(s >= 0 && s < src.size(1), op, ": src block id ", s, " out of range [0, ", src.size(1), ")");
-    TORCH_CHECK_VALUE(d >= 0 && d < dst.size(1), op, ": dst block id ", d, " out of range [0, ", dst.size(1), ")");
+    TORCH_CHECK(s >= 0 && s < src.size(1), op, ": block_mapping[", i, "] source block ", s, " outside [0, ",
+                src.size(1), ")");
+    TORCH_CHECK(d >= 0 && d < dst.size(1), op, ": block_mapping[", i, "] destination block ", d, " outside [0, ",
+                dst.size(1), ")");
     C10_CUDA_CHECK(cudaMemcpy2DAsync(dst_base + d * dst.stride(1) * es, dst_pitch,
                                      src_base + s * src.stride(1) * es, src_pitch, block_bytes,
                                      src.size(0), cudaMemcpyDefault, stream));

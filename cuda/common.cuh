@@ -38,7 +38,7 @@ void dispatch_float_types(at::ScalarType dtype, const char* op, Fn&& fn) {
     case at::kFloat: fn.template operator()<float>(); break;
     case at::kHalf: fn.template operator()<__half>(); break;
     case at::kBFloat16: fn.template operator()<__nv_bfloat16>(); break;
-    default: TORCH_CHECK_VALUE(false, op, ": unsupported dtype ", dtype, " (float32, float16, bfloat16)");
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype, " (float32, float16, bfloat16)");
   }
 }
 
@@ -48,7 +48,7 @@ void dispatch_index_types(const at::Tensor& t, const char* op, const char* name,
   switch (t.scalar_type()) {
     case at::kInt: fn.template operator()<int32_t>(); break;
     case at::kLong: fn.template operator()<int64_t>(); break;
-    default: TORCH_CHECK_VALUE(false, op, ": ", name, " must be int32 or int64, got ", t.scalar_type());
+    default: TORCH_CHECK(false, op, ": ", name, " must be int32 or int64, got ", t.scalar_type());
   }
 }
 
@@ -82,28 +82,28 @@ __device__ __forceinline__ float block_sum(float x) {
   return warp_sum(x);
 }
 
-// ---- input checks (clear errors naming the field; ValueError in Python) ------------------------
+// ---- input checks (clear errors naming the op and field, as the CPU kernels raise them) ---------------------
 
 inline void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.defined() && t.is_cuda(), op, ": ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.defined() && t.is_cuda(), op, ": ", name, " must be a CUDA tensor");
 }
 
 inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", name, " is on ", b.device(), ", expected ",
+  TORCH_CHECK(a.device() == b.device(), op, ": ", name, " is on ", b.device(), ", expected ",
                     a.device());
 }
 
 inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(),
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(),
                     ", expected ", dtype);
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", t.dim());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", t.dim());
 }
 
 inline unsigned grid_size(int64_t n, const char* op) {
-  TORCH_CHECK_VALUE(n <= 0x7fffffff, op, ": too many rows for one launch (", n, ")");
+  TORCH_CHECK(n <= 0x7fffffff, op, ": too many rows for one launch (", n, ")");
   return static_cast<unsigned>(n);
 }
 

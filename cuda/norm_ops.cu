@@ -11,9 +11,9 @@ namespace {
 
 // [..., hidden] as rows: a 2-D tensor keeps its row stride, others must be contiguous.
 int64_t row_stride(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() >= 1 && t.stride(-1) == 1, op, ": ", name, " must be contiguous in its last dim");
+  TORCH_CHECK(t.dim() >= 1 && t.stride(-1) == 1, op, ": ", name, " must be contiguous in its last dim");
   if (t.dim() == 2) return t.stride(0);
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " with ", t.dim(), " dims must be contiguous");
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " with ", t.dim(), " dims must be contiguous");
   return t.size(-1);
 }
 
@@ -21,7 +21,7 @@ void check_weight(const at::Tensor& x, const at::Tensor& weight, const char* op)
   check_cuda(weight, op, "weight");
   check_same_device(x, weight, op, "weight");
   check_dtype(weight, x.scalar_type(), op, "weight");
-  TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == x.size(-1) && weight.is_contiguous(), op,
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1) && weight.is_contiguous(), op,
                     ": weight must be contiguous [", x.size(-1), "], got ", weight.sizes());
 }
 
@@ -33,7 +33,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   constexpr const char* op = "rms_norm";
   check_cuda(x, op, "x");
   check_weight(x, weight, op);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   const at::Tensor in = x.dim() == 2 && x.stride(-1) == 1 ? x : x.contiguous();
   auto out = at::empty(x.sizes(), x.options());
   const int64_t hidden = x.size(-1), rows = hidden == 0 ? 0 : x.numel() / hidden;
@@ -64,10 +64,10 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
   check_cuda(residual, op, "residual");
   check_same_device(x, residual, op, "residual");
   check_dtype(residual, x.scalar_type(), op, "residual");
-  TORCH_CHECK_VALUE(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " != x shape ",
+  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " != x shape ",
                     x.sizes());
   check_weight(x, weight, op);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   const int64_t hidden = x.size(-1), rows = hidden == 0 ? 0 : x.numel() / hidden;
   const int64_t x_stride = row_stride(x, op, "x"), r_stride = row_stride(residual, op, "residual");
   if (rows == 0) return;

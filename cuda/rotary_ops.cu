@@ -12,14 +12,14 @@ namespace {
 int64_t heads_per_token(const at::Tensor& t, int64_t num_tokens, int64_t head_dim, const char* op,
                         const char* name) {
   check_cuda(t, op, name);
-  TORCH_CHECK_VALUE(t.dim() >= 2 && t.size(0) == num_tokens, op, ": ", name, " must be [num_tokens=", num_tokens,
+  TORCH_CHECK(t.dim() >= 2 && t.size(0) == num_tokens, op, ": ", name, " must be [num_tokens=", num_tokens,
                     ", ...], got ", t.sizes());
   const int64_t per_token = t.numel() / std::max<int64_t>(num_tokens, 1);
-  TORCH_CHECK_VALUE(per_token % head_dim == 0, op, ": ", name, " ", t.sizes(), " is not a whole number of heads of ",
+  TORCH_CHECK(per_token % head_dim == 0, op, ": ", name, " ", t.sizes(), " is not a whole number of heads of ",
                     head_dim);
   int64_t expected = 1;
   for (int64_t d = t.dim() - 1; d >= 1; --d) {
-    TORCH_CHECK_VALUE(t.size(d) == 1 || t.stride(d) == expected, op, ": ", name,
+    TORCH_CHECK(t.size(d) == 1 || t.stride(d) == expected, op, ": ", name,
                       " must be contiguous within a token");
     expected *= t.size(d);
   }
@@ -31,7 +31,7 @@ void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, cons
   constexpr const char* op = "rotary_embedding";
   check_cuda(positions, op, "positions");
   check_cuda(cos_sin_cache, op, "cos_sin_cache");
-  TORCH_CHECK_VALUE(head_dim > 0, op, ": head_dim must be > 0, got ", head_dim);
+  TORCH_CHECK(head_dim > 0, op, ": head_dim must be > 0, got ", head_dim);
   const int64_t num_tokens = positions.numel();
   const int64_t num_heads = heads_per_token(query, num_tokens, head_dim, op, "query");
   const int64_t num_kv_heads = heads_per_token(key, num_tokens, head_dim, op, "key");
@@ -41,10 +41,10 @@ void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, cons
   check_dtype(key, query.scalar_type(), op, "key");
   check_dim(cos_sin_cache, 2, op, "cos_sin_cache");
   const int64_t rot_dim = cos_sin_cache.size(1);
-  TORCH_CHECK_VALUE(rot_dim % 2 == 0 && rot_dim <= head_dim && rot_dim > 0, op, ": cos_sin_cache width ", rot_dim,
+  TORCH_CHECK(rot_dim % 2 == 0 && rot_dim <= head_dim && rot_dim > 0, op, ": cos_sin_cache width ", rot_dim,
                     " must be even and in (0, head_dim=", head_dim, "]");
-  TORCH_CHECK_VALUE(cos_sin_cache.stride(1) == 1, op, ": cos_sin_cache rows must be contiguous");
-  TORCH_CHECK_VALUE(cos_sin_cache.scalar_type() == at::kFloat || cos_sin_cache.scalar_type() == query.scalar_type(),
+  TORCH_CHECK(cos_sin_cache.stride(1) == 1, op, ": cos_sin_cache rows must be contiguous");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat || cos_sin_cache.scalar_type() == query.scalar_type(),
                     op, ": cos_sin_cache must be float32 or ", query.scalar_type(), ", got ",
                     cos_sin_cache.scalar_type());
   if (num_tokens == 0) return;
