@@ -77,9 +77,11 @@ inline float dot(const float* a, const float* b, int64_t n) {
   for (; i + kLanes <= n; i += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
   }
-  float sum = 0.f;
+  // Pairwise fold of the lanes: element-wise steps that vectorize, unlike a serial sum.
+  for (int64_t l = 0; l < 8; ++l) lanes[l] += lanes[l + 8];
+  for (int64_t l = 0; l < 4; ++l) lanes[l] += lanes[l + 4];
+  float sum = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
   for (; i < n; ++i) sum += a[i] * b[i];
-  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
   return sum;
 }
 

@@ -32,12 +32,33 @@ struct Geometry {
 
 // Scratch of one thread, sized for the largest tile.
 struct Scratch {
-  std::vector<float> query, acc, scores, keys, value, row_max, row_sum;
+  std::vector<float> query, acc, scores, keys, values, row_max, row_sum;
   std::vector<int64_t> num_valid;
   Scratch(int64_t rows, int64_t head_dim)
       : query(rows * head_dim), acc(rows * head_dim), scores(rows * kKeyChunk),
-        keys(kKeyChunk * head_dim), value(head_dim), row_max(rows), row_sum(rows), num_valid(rows) {}
+        keys(kKeyChunk * head_dim), values(kKeyChunk * head_dim), row_max(rows), row_sum(rows),
+        num_valid(rows) {}
 };
+
+// acc += sum_k p[k] * v_rows[k]. Sixteen outputs at a time stay in registers across all the keys,
+// so acc is loaded and stored once per chunk rather than once per key.
+void accumulate_values(float* acc, const float* p, const float* const* v_rows, int64_t num_keys,
+                       int64_t D) {
+  constexpr int64_t kWidth = 16;
+  int64_t d0 = 0;
+  for (; d0 + kWidth <= D; d0 += kWidth) {
+    float sum[kWidth];
+    for (int64_t l = 0; l < kWidth; ++l) sum[l] = acc[d0 + l];
+    for (int64_t k = 0; k < num_keys; ++k) {
+      const float* v = v_rows[k] + d0;
+      for (int64_t l = 0; l < kWidth; ++l) sum[l] += p[k] * v[l];
+    }
+    for (int64_t l = 0; l < kWidth; ++l) acc[d0 + l] = sum[l];
+  }
+  for (; d0 < D; ++d0) {
+    for (int64_t k = 0; k < num_keys; ++k) acc[d0] += p[k] * v_rows[k][d0];
+  }
+}
 
 template <typename scalar_t>
 void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
@@ -72,7 +93,7 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
   for (int64_t chunk_begin = 0; chunk_begin < keys_end; chunk_begin += kKeyChunk) {
     const int64_t chunk_len = std::min(kKeyChunk, keys_end - chunk_begin);
     const float* key_rows[kKeyChunk];
-    const scalar_t* value_rows[kKeyChunk];
+    const float* value_rows[kKeyChunk];
     for (int64_t k = 0; k < chunk_len; ++k) {
       const int64_t position = chunk_begin + k;
       const int64_t slot =
@@ -80,7 +101,7 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
           position % g.block_size;
       const int64_t offset = slot * kv_token_stride + item.kv_head * D;
       key_rows[k] = as_float_row(key_cache + offset, scratch.keys.data() + k * D, D);
-      value_rows[k] = value_cache + offset;
+      value_rows[k] = as_float_row(value_cache + offset, scratch.values.data() + k * D, D);
     }
 
     // Scores, then the online-softmax update of each row's running max and sum.
@@ -113,15 +134,9 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
       scratch.row_sum[r] += sum;
     }
 
-    // acc += p * v, one value row at a time so it is converted once for all rows.
-    for (int64_t k = 0; k < chunk_len; ++k) {
-      const float* v = as_float_row(value_rows[k], scratch.value.data(), D);
-      for (int64_t r = 0; r < rows; ++r) {
-        if (k >= scratch.num_valid[r]) continue;
-        const float p = scratch.scores[r * kKeyChunk + k];
-        float* acc = scratch.acc.data() + r * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += p * v[d];
-      }
+    for (int64_t r = 0; r < rows; ++r) {
+      accumulate_values(scratch.acc.data() + r * D, scratch.scores.data() + r * kKeyChunk,
+                        value_rows, scratch.num_valid[r], D);
     }
   }
 
