@@ -5,8 +5,9 @@
 // are the (new token, query head) pairs of the KV head's group, row r = token r / G, head r % G, so
 // every query head sharing a KV head is served by one read of K/V (GQA). Four warps are arranged
 // WARPS_M x WARPS_N: WARPS_M row tiles of 16 rows; WARPS_N warps take turns over the KV tiles and are
-// merged at the end (decode uses 1 x 4, prefill 4 x 1). Long contexts split over several blocks
-// (grid.z); a merge kernel combines the splits through their log-sum-exp.
+// merged at the end (decode uses 1 x 4, prefill 4 x 1). K/V tiles stream through a two-stage cp.async
+// pipeline (the next tiles load while the current ones are used). Long contexts split over several
+// blocks (grid.z); a merge kernel combines the splits through their log-sum-exp.
 //
 // Fallback kernel (any float type, head_dim <= 256): one warp per (token, query head), for float32
 // and odd head sizes.
@@ -103,7 +104,9 @@ struct MmaConfig {
   static constexpr int kLds = HEAD_DIM + 8;    // smem row pitch (elements): conflict-free ldmatrix
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
-  static constexpr int kTileBytes = 2 * WARPS_N * kTileElems * 2;              // K and V tiles
+  static constexpr int kStages = 2;                                             // cp.async pipeline depth
+  static constexpr int kStageElems = 2 * WARPS_N * kTileElems;                  // K and V tiles of one stage
+  static constexpr int kTileBytes = kStages * kStageElems * 2;
   static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
   static constexpr int kSmemBytes = kTileBytes > kEpilogueBytes ? kTileBytes : kEpilogueBytes;
 };
@@ -168,37 +171,42 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const T* v_cache = static_cast<const T*>(p.value_cache);
   const int* block_table = p.block_tables + seq * p.block_table_stride;
   const int64_t head_offset = kv_head * p.cache_head_stride;
-  T* k_tile = smem + wn * Cfg::kTileElems;
-  T* v_tile = smem + (WARPS_N + wn) * Cfg::kTileElems;
-
-  for (int it = it_begin; it < it_end; ++it) {
-    // Load WARPS_N tiles of K, then of V (two groups so that QK^T starts before V lands).
+  // Iteration `it` covers tokens [it * kTokensPerIter, +kTokensPerIter): one BLOCK_N tile per warp
+  // column, K and V, loaded by the whole block into pipeline stage `stage` (positions past kv_end
+  // are zero-filled, so no stale or poisoned value reaches P @ V).
+  auto load_iteration = [&](int it, int stage) {
     constexpr int kChunksPerRow = HEAD_DIM / 8;  // 16-byte chunks
     constexpr int kChunks = WARPS_N * BLOCK_N * kChunksPerRow;
-    const int tok0 = it * Cfg::kTokensPerIter;
-#pragma unroll
-    for (int pass = 0; pass < 2; ++pass) {
-      const T* cache = pass == 0 ? k_cache : v_cache;
-      T* base = smem + pass * WARPS_N * Cfg::kTileElems;
-      for (int c = tid; c < kChunks; c += Cfg::kThreads) {
-        const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;  // row = w * BLOCK_N + token
-        const int pos = tok0 + row;
-        const bool valid = pos < kv_end;
-        const T* src = cache;
-        if (valid) {
-          const int64_t block = block_table[pos / p.block_size];
-          src = cache + block * p.cache_block_stride + (pos % p.block_size) * p.cache_slot_stride + head_offset +
-                chunk * 8;
-        }
-        cp_async_16(base + row * kLds + chunk * 8, src, valid);
+    T* k_base = smem + stage * Cfg::kStageElems;
+    T* v_base = k_base + WARPS_N * Cfg::kTileElems;
+    for (int c = tid; c < kChunks; c += Cfg::kThreads) {
+      const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;  // row = w * BLOCK_N + token
+      const int pos = it * Cfg::kTokensPerIter + row;
+      const bool valid = pos < kv_end;
+      int64_t offset = 0;
+      if (valid) {
+        offset = static_cast<int64_t>(block_table[pos / p.block_size]) * p.cache_block_stride +
+                 (pos % p.block_size) * p.cache_slot_stride + head_offset + chunk * 8;
       }
-      cp_async_commit();
+      cp_async_16(k_base + row * kLds + chunk * 8, k_cache + offset, valid);
+      cp_async_16(v_base + row * kLds + chunk * 8, v_cache + offset, valid);
     }
-    const int kv0 = tok0 + wn * BLOCK_N;  // this warp's tile
-    const bool active = kv0 < kv_end;
+  };
 
+  if (it_begin < it_end) load_iteration(it_begin, 0);
+  cp_async_commit();
+  for (int it = it_begin; it < it_end; ++it) {
+    const int stage = (it - it_begin) % Cfg::kStages;
+    // Prefetch the next iteration into the other stage, then wait for this one (one group may stay
+    // in flight; the group is committed even when empty so that the count stays uniform).
+    if (it + 1 < it_end) load_iteration(it + 1, stage ^ 1);
+    cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
+    const T* k_tile = smem + stage * Cfg::kStageElems + wn * Cfg::kTileElems;
+    const T* v_tile = k_tile + WARPS_N * Cfg::kTileElems;
+    const int kv0 = it * Cfg::kTokensPerIter + wn * BLOCK_N;  // this warp's tile
+    const bool active = kv0 < kv_end;
     float s[kNTiles][4];
     if (active) {
 #pragma unroll
@@ -251,8 +259,6 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       }
     }
 
-    cp_async_wait<0>();
-    __syncthreads();
     if (active) {
 #pragma unroll
       for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
@@ -269,8 +275,10 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
         }
       }
     }
-    __syncthreads();  // the next iteration overwrites the tiles
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
+  cp_async_wait<0>();  // only empty groups can remain; the epilogue reuses the shared memory
+  __syncthreads();
 
   // Epilogue: each warp's unnormalized O, row max and row sum go to shared memory; then the block
   // merges the WARPS_N warps of each row and writes the output (or this split's partial result).

@@ -117,9 +117,10 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   p.num_m_tiles = static_cast<int>(std::max<int64_t>((max_query_len * p.group_size + Cfg::kRows - 1) / Cfg::kRows, 1));
   const int64_t base_blocks = static_cast<int64_t>(p.num_seqs) * p.num_m_tiles * p.num_kv_heads;
   const int64_t max_iters = std::max<int64_t>((max_context_len + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter, 1);
-  // Split long contexts until about four waves of blocks are in flight.
   const int64_t target_blocks = 4LL * num_sms * blocks_per_sm;
-  const int64_t splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, std::min<int64_t>(max_iters, 32));
+  // Split long contexts until about four waves of blocks are in flight, keeping >= 4 iterations a split.
+  const int64_t max_splits = std::clamp<int64_t>(max_iters / 4, 1, 32);
+  const int64_t splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, max_splits);
   p.iters_per_split = static_cast<int>((max_iters + splits - 1) / splits);
   p.num_splits = static_cast<int>((max_iters + p.iters_per_split - 1) / p.iters_per_split);
   at::Tensor partial_out, partial_lse;
@@ -145,7 +146,7 @@ void launch_mma_shape(const AttentionParams& p, const at::Tensor& query, int64_t
                       int64_t max_context_len, cudaStream_t stream) {
   if (max_query_len <= 1) {
     // Decode: one row tile (the group's query heads), four warps over the context.
-    launch_mma<T, HEAD_DIM, 1, 4, 32>(p, query, max_query_len, max_context_len, stream);
+    launch_mma<T, HEAD_DIM, 1, 4, 16>(p, query, max_query_len, max_context_len, stream);
   } else {
     launch_mma<T, HEAD_DIM, 4, 1, 64>(p, query, max_query_len, max_context_len, stream);
   }

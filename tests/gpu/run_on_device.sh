@@ -28,8 +28,28 @@ if ! { cmake -S . -B "$BUILD" -G Ninja -DFASTPAGE_CUDA=ON -DCMAKE_BUILD_TYPE=Rel
 fi
 echo "built in $(( $(date +%s) - start )) s"
 
+echo "== error probe (each in its own process: a crash must not hide the other results)"
+{
+  for dev in cpu cuda; do
+    timeout 60 python3 -m pytest -q -p no:cacheprovider "tests/test_kernels.py::test_bad_inputs_raise_clear_errors[$dev]" 2>&1 | tail -4
+    echo "test_bad_inputs_raise_clear_errors[$dev] rc=${PIPESTATUS[0]}"
+  done
+  timeout 60 python3 -c "
+import torch, fastpage
+try:
+    torch.ops.fastpage.rms_norm(torch.randn(3, 8), torch.randn(7), 1e-6)
+except RuntimeError as e:
+    print('positional CPU call raised RuntimeError:', str(e).splitlines()[0])
+"
+  echo "positional bad call rc=$?"
+  timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -m pytest -q -p no:cacheprovider \
+    "tests/test_kernels.py::test_bad_inputs_raise_clear_errors[cpu]" 2>&1 | grep -A25 "SIGSEGV" | head -40
+} 2>&1 | tee "$OUT/error_probe.txt"
+
 echo "== tests"
 timeout 400 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/gpu/test_cuda_kernels.py \
+  --deselect "tests/test_kernels.py::test_bad_inputs_raise_clear_errors[cpu]" \
+  --deselect "tests/test_kernels.py::test_bad_inputs_raise_clear_errors[cuda]" \
   --junitxml="$OUT/junit.xml" -rf 2>&1 | tee "$OUT/pytest.log" | grep -v "^\.*\s*\[\s*[0-9]*%\]$" | tail -60
 tests_rc=${PIPESTATUS[0]}
 
