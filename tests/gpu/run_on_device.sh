@@ -47,7 +47,11 @@ except RuntimeError as e:
     [ "$n" != 0 ] && echo "defines ostream::_M_insert<long>: $o"
   done
   nm -C -D --defined-only "$BUILD/libfastpage.so" | grep -c "std::basic_ostream" | sed 's/^/libfastpage exported basic_ostream symbols: /'
-} 2>&1 | tail -30 | tee "$OUT/error_probe.txt"
+  nm -C -D --defined-only "$BUILD/libfastpage.so" | grep -c "codecvt" | sed 's/^/libfastpage exported codecvt symbols: /'
+  ldd "$BUILD/libfastpage.so" | grep -i "stdc\|gomp\|cudart\|not found"
+  echo "link line (non-object arguments):"
+  ninja -C "$BUILD" -t commands libfastpage.so | tail -1 | tr ' ' '\n' | grep -v '\.o$' | grep -v '^$' | head -30
+} 2>&1 | tail -60 | tee "$OUT/error_probe.txt"
 
 echo "== tests (the bad-input tests of tests/test_kernels.py run separately: see the probe)"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
