@@ -20,6 +20,10 @@ void check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tens
                          {&value_cache, "value_cache"}, {&query_start_loc, "query_start_loc"},
                          {&context_lens, "context_lens"}, {&block_tables, "block_tables"}}) {
     check_cuda(*t, kOp, name);
+  }
+  for (auto [t, name] : {std::pair{&out, "out"}, {&key_cache, "key_cache"}, {&value_cache, "value_cache"},
+                         {&query_start_loc, "query_start_loc"}, {&context_lens, "context_lens"},
+                         {&block_tables, "block_tables"}}) {
     check_same_device(query, *t, kOp, name);
   }
   check_dim(query, 3, kOp, "query");

@@ -17,6 +17,11 @@ start=$(date +%s)
   cmake --version | head -1
 } 2>&1 | tee "$OUT/env.txt"
 
+# The image's default compiler (/opt/gcc) links libstdc++ statically into shared libraries: a second
+# libstdc++ inside libfastpage.so next to the system one torch uses crashes the first formatted error
+# message. Build with the system g++ (whose libstdc++ is the one loaded at run time) where present.
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
+echo "compiler: ${CXX:-default}; /opt/gcc configured with: $(/opt/gcc/bin/g++ -v 2>&1 | grep -o -- '--with-static[^ ]*\|--enable-static[^ ]*' | tr '\n' ' ')"
 echo "== build ($(nproc) cores)"
 if ! { cmake -S . -B "$BUILD" -G Ninja -DFASTPAGE_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
          -DPython_EXECUTABLE="$(command -v python3)" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" &&
@@ -52,6 +57,12 @@ except RuntimeError as e:
   echo "link line (non-object arguments):"
   ninja -C "$BUILD" -t commands libfastpage.so | tail -1 | tr ' ' '\n' | grep -v '\.o$' | grep -v '^$' | head -30
 } 2>&1 | tail -60 | tee "$OUT/error_probe.txt"
+
+for t in "test_bad_inputs_raise_clear_errors[cpu]" "test_bad_inputs_raise_clear_errors[cuda]" \
+         "test_bad_block_mappings_raise[cpu]" "test_bad_block_mappings_raise[cuda]"; do
+  timeout 60 python3 -m pytest -q -p no:cacheprovider "tests/test_kernels.py::$t" 2>&1 | grep -E "Error|passed|failed|DID NOT" | tail -3
+  echo "$t rc=${PIPESTATUS[0]}"
+done 2>&1 | tee -a "$OUT/error_probe.txt"
 
 echo "== tests (the bad-input tests of tests/test_kernels.py run separately: see the probe)"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
