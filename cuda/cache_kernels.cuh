@@ -37,7 +37,8 @@ __global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __r
 }
 
 // Copy-on-write: grid (num_pairs, num_caches). Each cache c is a byte array whose block b starts at
-// base[c] + b * block_stride_bytes[c] and holds block_bytes[c] bytes (a multiple of 16, 16-aligned).
+// base[c] + b * block_stride_bytes[c] and holds block_bytes[c] bytes, copied in units of U (uint4 when
+// every address and size is a multiple of 16 bytes, else single bytes).
 struct CopyBlocksArgs {
   const int64_t* base;                // [num_caches] device addresses
   const int64_t* block_stride_bytes;  // [num_caches]
@@ -45,14 +46,15 @@ struct CopyBlocksArgs {
   const int64_t* mapping;             // [num_pairs, 2] (src, dst)
 };
 
+template <typename U>
 __global__ void copy_blocks_kernel(CopyBlocksArgs args) {
   const int pair = blockIdx.x, c = blockIdx.y;
   const int64_t src = args.mapping[2 * pair], dst = args.mapping[2 * pair + 1];
   char* base = reinterpret_cast<char*>(args.base[c]);
   const int64_t stride = args.block_stride_bytes[c];
-  const uint4* from = reinterpret_cast<const uint4*>(base + src * stride);
-  uint4* to = reinterpret_cast<uint4*>(base + dst * stride);
-  const int64_t n = args.block_bytes[c] / 16;
+  const U* from = reinterpret_cast<const U*>(base + src * stride);
+  U* to = reinterpret_cast<U*>(base + dst * stride);
+  const int64_t n = args.block_bytes[c] / static_cast<int64_t>(sizeof(U));
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) to[i] = from[i];
 }
 

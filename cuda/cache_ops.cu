@@ -102,7 +102,6 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
     m[2 * num_caches + c] = cache.size(0) == 0 ? 0 : cache.numel() / cache.size(0) * es;
     aligned = aligned && m[c] % 16 == 0 && m[num_caches + c] % 16 == 0 && m[2 * num_caches + c] % 16 == 0;
   }
-  TORCH_CHECK(aligned, op, ": cache blocks must be 16-byte aligned multiples of 16 bytes");
   const auto mapping = block_mapping.to(at::kCPU, at::kLong).contiguous();
   const int64_t* pairs = mapping.data_ptr<int64_t>();
   for (int64_t i = 0; i < 2 * num_pairs; ++i) {
@@ -117,7 +116,9 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping) {
   const int64_t* d = meta_dev.data_ptr<int64_t>();
   const CopyBlocksArgs args{d, d + num_caches, d + 2 * num_caches, d + 3 * num_caches};
   const dim3 grid(grid_size(num_pairs, op), static_cast<unsigned>(num_caches));
-  copy_blocks_kernel<<<grid, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(args);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (aligned) copy_blocks_kernel<uint4><<<grid, 256, 0, stream>>>(args);
+  else copy_blocks_kernel<unsigned char><<<grid, 256, 0, stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

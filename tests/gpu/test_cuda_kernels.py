@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import fastpage  # noqa: E402,F401  (registers torch.ops.fastpage)
-from kernel_reference import make_paged_batch, ref_paged_attention  # noqa: E402
+from kernel_reference import make_paged_batch, ref_copy_blocks, ref_paged_attention  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ops = torch.ops.fastpage
@@ -95,6 +95,16 @@ def test_decode_replays_in_a_cuda_graph(gen):
         out.fill_(float("nan"))
         graph.replay()
         torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
+
+
+def test_copy_blocks_of_unaligned_sizes(gen):
+    """Blocks of 6 bytes (not a 16-byte multiple) take the byte-wise copy; the mapping may be on the host."""
+    caches = [torch.randn(6, 3, generator=gen).to("cuda", torch.float16) for _ in range(3)]
+    mapping = torch.tensor([[0, 5], [2, 1], [4, 3]])
+    expected = ref_copy_blocks(caches, mapping)
+    ops.copy_blocks(caches, mapping)
+    for cache, want in zip(caches, expected):
+        assert torch.equal(cache, want)
 
 
 def test_launchers_reject_bad_shapes_and_dtypes(gen):
