@@ -1,0 +1,415 @@
+// Paged attention over the KV cache: each sequence's new tokens attend causally to its whole context.
+//
+// Main kernel (bf16/fp16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16, fp32 accumulation)
+// with an online softmax. A thread block owns one (sequence, KV head, row tile, split): its query rows
+// are the (new token, query head) pairs of the KV head's group, row r = token r / G, head r % G, so
+// every query head sharing a KV head is served by one read of K/V (GQA). Four warps are arranged
+// WARPS_M x WARPS_N: WARPS_M row tiles of 16 rows; WARPS_N warps take turns over the KV tiles and are
+// merged at the end (decode uses 1 x 4, prefill 4 x 1). K/V tiles stream through a two-stage cp.async
+// pipeline (the next tiles load while the current ones are used). Long contexts split over several
+// blocks (grid.z); a merge kernel combines the splits through their log-sum-exp.
+//
+// Fallback kernel (any float type, head_dim <= 256): one warp per (token, query head), for float32
+// and odd head sizes.
+#pragma once
+#include "common.cuh"
+
+#include <cfloat>
+
+namespace fastpage::cuda {
+
+struct AttentionParams {
+  const void* query;  // [num_tokens, num_heads, head_dim]
+  void* out;          // [num_tokens, num_heads, head_dim]
+  const void* key_cache;
+  const void* value_cache;      // same strides as key_cache
+  const int* query_start_loc;   // [num_seqs + 1]
+  const int* context_lens;      // [num_seqs]
+  const int* block_tables;      // [num_seqs, block_table_stride]
+  float* partial_out;           // [num_splits, num_tokens, num_heads, head_dim] (num_splits > 1)
+  float* partial_lse;           // [num_splits, num_tokens, num_heads], log2 domain
+  int64_t q_token_stride, q_head_stride, o_token_stride, o_head_stride;
+  int64_t cache_block_stride, cache_slot_stride, cache_head_stride;
+  int64_t block_table_stride;
+  int num_seqs, num_tokens, num_heads, num_kv_heads, group_size, block_size, head_dim;
+  int num_m_tiles, num_splits, iters_per_split;
+  float scale_log2;  // softmax scale * log2(e): scores live in the log2 domain (exp2f)
+};
+
+// ---- PTX wrappers -------------------------------------------------------------------------------
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c[16x8] += a[16x16] * b[16x8], fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+// exp2 of x - m where m may be -inf (a row with no visible key yet): then every term is zero.
+__device__ __forceinline__ float safe_max(float m) { return m == -INFINITY ? 0.f : m; }
+
+// ---- tensor-core kernel ---------------------------------------------------------------------------
+
+template <int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+struct MmaConfig {
+  static_assert(WARPS_M * WARPS_N == 4 && HEAD_DIM % 16 == 0 && BLOCK_N % 16 == 0);
+  static constexpr int kThreads = 128;
+  static constexpr int kRows = 16 * WARPS_M;   // query rows per block
+  static constexpr int kLds = HEAD_DIM + 8;    // smem row pitch (elements): conflict-free ldmatrix
+  static constexpr int kTileElems = BLOCK_N * kLds;
+  static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
+  static constexpr int kStages = 2;                                             // cp.async pipeline depth
+  static constexpr int kStageElems = 2 * WARPS_N * kTileElems;                  // K and V tiles of one stage
+  static constexpr int kTileBytes = kStages * kStageElems * 2;
+  static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
+  static constexpr int kSmemBytes = kTileBytes > kEpilogueBytes ? kTileBytes : kEpilogueBytes;
+};
+
+template <typename T, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+__global__ void __launch_bounds__(128) paged_attention_mma_kernel(const AttentionParams p) {
+  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N>;
+  constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds;
+  constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
+  extern __shared__ uint4 smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+
+  const int seq = blockIdx.x / p.num_m_tiles, m_tile = blockIdx.x % p.num_m_tiles;
+  const int kv_head = blockIdx.y, split = blockIdx.z;
+  const int q_start = p.query_start_loc[seq];
+  const int q_len = p.query_start_loc[seq + 1] - q_start;
+  const int G = p.group_size;
+  const int num_rows = q_len * G;
+  const int m0 = m_tile * kRows;
+  if (m0 >= num_rows) return;  // whole block: this sequence has fewer new tokens
+  const int prefix = p.context_lens[seq] - q_len;  // position of the first new token
+  const int last_row = min(m0 + kRows, num_rows) - 1;
+  const int kv_end = max(prefix + last_row / G + 1, 0);  // keys this block can see
+  const int num_iters = (kv_end + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter;
+  const int it_begin = split * p.iters_per_split;
+  const int it_end = min(num_iters, it_begin + p.iters_per_split);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % WARPS_M, wn = warp / WARPS_M;
+  const int g = lane / 4, t = lane % 4;
+
+  // This thread's two rows (g and g + 8 of the warp's 16) and their query positions (-1: padding).
+  int row_pos[2];
+  uint32_t qf[HEAD_DIM / 16][4];
+  {
+    const T* q_row[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = m0 + wm * 16 + g + 8 * h;
+      const bool valid = r < num_rows;
+      row_pos[h] = valid ? prefix + r / G : -1;
+      q_row[h] = valid ? static_cast<const T*>(p.query) + (q_start + r / G) * p.q_token_stride +
+                             (kv_head * G + r % G) * p.q_head_stride
+                       : nullptr;
+    }
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // a0: (g, 2t) a1: (g+8, 2t) a2: (g, 2t+8) a3: (g+8, 2t+8)
+        const T* src = q_row[i % 2];
+        qf[kk][i] = src ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + 2 * t + 8 * (i / 2)) : 0u;
+      }
+    }
+  }
+
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+
+  const T* k_cache = static_cast<const T*>(p.key_cache);
+  const T* v_cache = static_cast<const T*>(p.value_cache);
+  const int* block_table = p.block_tables + seq * p.block_table_stride;
+  const int64_t head_offset = kv_head * p.cache_head_stride;
+  // Iteration `it` covers tokens [it * kTokensPerIter, +kTokensPerIter): one BLOCK_N tile per warp
+  // column, K and V, loaded by the whole block into pipeline stage `stage` (positions past kv_end
+  // are zero-filled, so no stale or poisoned value reaches P @ V).
+  auto load_iteration = [&](int it, int stage) {
+    constexpr int kChunksPerRow = HEAD_DIM / 8;  // 16-byte chunks
+    constexpr int kChunks = WARPS_N * BLOCK_N * kChunksPerRow;
+    T* k_base = smem + stage * Cfg::kStageElems;
+    T* v_base = k_base + WARPS_N * Cfg::kTileElems;
+    for (int c = tid; c < kChunks; c += Cfg::kThreads) {
+      const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;  // row = w * BLOCK_N + token
+      const int pos = it * Cfg::kTokensPerIter + row;
+      const bool valid = pos < kv_end;
+      int64_t offset = 0;
+      if (valid) {
+        offset = static_cast<int64_t>(block_table[pos / p.block_size]) * p.cache_block_stride +
+                 (pos % p.block_size) * p.cache_slot_stride + head_offset + chunk * 8;
+      }
+      cp_async_16(k_base + row * kLds + chunk * 8, k_cache + offset, valid);
+      cp_async_16(v_base + row * kLds + chunk * 8, v_cache + offset, valid);
+    }
+  };
+
+  if (it_begin < it_end) load_iteration(it_begin, 0);
+  cp_async_commit();
+  for (int it = it_begin; it < it_end; ++it) {
+    const int stage = (it - it_begin) % Cfg::kStages;
+    // Prefetch the next iteration into the other stage, then wait for this one (one group may stay
+    // in flight; the group is committed even when empty so that the count stays uniform).
+    if (it + 1 < it_end) load_iteration(it + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* k_tile = smem + stage * Cfg::kStageElems + wn * Cfg::kTileElems;
+    const T* v_tile = k_tile + WARPS_N * Cfg::kTileElems;
+    const int kv0 = it * Cfg::kTokensPerIter + wn * BLOCK_N;  // this warp's tile
+    const bool active = kv0 < kv_end;
+    float s[kNTiles][4];
+    if (active) {
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+#pragma unroll
+        for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
+          uint32_t b[4];
+          ldmatrix_x4(b, k_tile + (n2 * 16 + lane % 8 + (lane / 16) * 8) * kLds + kk * 16 + ((lane / 8) % 2) * 8);
+          mma_16816<T>(s[2 * n2], qf[kk], b[0], b[1]);
+          mma_16816<T>(s[2 * n2 + 1], qf[kk], b[2], b[3]);
+        }
+      }
+      // Mask (causal + context end), scale, online softmax over rows g (h=0) and g+8 (h=1).
+      float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int key_pos = kv0 + n * 8 + 2 * t + i % 2, h = i / 2;
+          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * p.scale_log2 : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], s[n][i]);
+        }
+      }
+      float alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        const float new_max = fmaxf(row_max[h], tile_max[h]);
+        alpha[h] = exp2f(row_max[h] - safe_max(new_max));
+        row_max[h] = new_max;
+        row_sum[h] *= alpha[h];
+      }
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          s[n][i] = exp2f(s[n][i] - safe_max(row_max[i / 2]));
+          row_sum[i / 2] += s[n][i];
+        }
+      }
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        o[d][0] *= alpha[0];
+        o[d][1] *= alpha[0];
+        o[d][2] *= alpha[1];
+        o[d][3] *= alpha[1];
+      }
+    }
+
+    if (active) {
+#pragma unroll
+      for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
+        // The accumulator layout of S is the A-operand layout of P.
+        const uint32_t pf[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
+                                pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                                pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+#pragma unroll
+        for (int d2 = 0; d2 < HEAD_DIM / 16; ++d2) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLds + d2 * 16 + (lane / 16) * 8);
+          mma_16816<T>(o[2 * d2], pf, b[0], b[1]);
+          mma_16816<T>(o[2 * d2 + 1], pf, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+  cp_async_wait<0>();  // only empty groups can remain; the epilogue reuses the shared memory
+  __syncthreads();
+
+  // Epilogue: each warp's unnormalized O, row max and row sum go to shared memory; then the block
+  // merges the WARPS_N warps of each row and writes the output (or this split's partial result).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+  }
+  float* o_s = reinterpret_cast<float*>(smem_raw);               // [WARPS_N * kRows, HEAD_DIM]
+  float* max_s = o_s + WARPS_N * kRows * HEAD_DIM;               // [WARPS_N * kRows]
+  float* sum_s = max_s + WARPS_N * kRows;                        // [WARPS_N * kRows]
+  const int srow = wn * kRows + wm * 16 + g;
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) {
+    *reinterpret_cast<float2*>(o_s + srow * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][0], o[d][1]);
+    *reinterpret_cast<float2*>(o_s + (srow + 8) * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][2], o[d][3]);
+  }
+  if (t == 0) {
+    max_s[srow] = row_max[0];
+    max_s[srow + 8] = row_max[1];
+    sum_s[srow] = row_sum[0];
+    sum_s[srow + 8] = row_sum[1];
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kRows * HEAD_DIM; idx += Cfg::kThreads) {
+    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM;
+    const int r = m0 + row;
+    if (r >= num_rows) continue;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WARPS_N; ++w) m = fmaxf(m, max_s[w * kRows + row]);
+    float sum = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS_N; ++w) {
+      const float scale = exp2f(max_s[w * kRows + row] - safe_max(m));
+      sum += sum_s[w * kRows + row] * scale;
+      acc += o_s[(w * kRows + row) * HEAD_DIM + col] * scale;
+    }
+    const int token = q_start + r / G, head = kv_head * G + r % G;
+    const float value = sum > 0.f ? acc / sum : 0.f;
+    if (p.num_splits == 1) {
+      static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] = from_float<T>(value);
+    } else {
+      const int64_t entry = (static_cast<int64_t>(split) * p.num_tokens + token) * p.num_heads + head;
+      p.partial_out[entry * HEAD_DIM + col] = value;
+      if (col == 0) p.partial_lse[entry] = sum > 0.f ? m + log2f(sum) : -INFINITY;
+    }
+  }
+}
+
+// Combines the splits of every (token, head): out = sum_s w_s * O_s / sum_s w_s, w_s = 2^(lse_s - max).
+// grid (num_tokens, num_heads); threads over head_dim.
+template <typename T>
+__global__ void merge_splits_kernel(const AttentionParams p) {
+  const int token = blockIdx.x, head = blockIdx.y;
+  if (token >= p.query_start_loc[p.num_seqs]) return;  // padding past the last sequence stays untouched
+  const int64_t split_stride = static_cast<int64_t>(p.num_tokens) * p.num_heads;
+  const int64_t entry = static_cast<int64_t>(token) * p.num_heads + head;
+  float m = -INFINITY;
+  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.partial_lse[s * split_stride + entry]);
+  for (int col = threadIdx.x; col < p.head_dim; col += blockDim.x) {
+    float sum = 0.f, acc = 0.f;
+    for (int s = 0; s < p.num_splits; ++s) {
+      const float w = exp2f(p.partial_lse[s * split_stride + entry] - safe_max(m));
+      sum += w;
+      acc += w * p.partial_out[(s * split_stride + entry) * p.head_dim + col];
+    }
+    static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] =
+        from_float<T>(sum > 0.f ? acc / sum : 0.f);
+  }
+}
+
+// ---- fallback kernel ----------------------------------------------------------------------------
+
+// One warp per (token, query head); lanes hold head dims lane, lane + 32, ... (head_dim <= 256).
+template <typename T>
+__global__ void paged_attention_fallback_kernel(const AttentionParams p) {
+  constexpr int kMaxPerLane = 8;
+  const int lane = threadIdx.x % 32;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (item >= static_cast<int64_t>(p.num_tokens) * p.num_heads) return;
+  const int token = static_cast<int>(item / p.num_heads), head = static_cast<int>(item % p.num_heads);
+  if (token >= p.query_start_loc[p.num_seqs]) return;  // padding past the last sequence
+  int lo = 0, hi = p.num_seqs - 1;  // last sequence whose first token is <= token
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.query_start_loc[mid] <= token) lo = mid;
+    else hi = mid - 1;
+  }
+  const int seq = lo;
+  const int q_len = p.query_start_loc[seq + 1] - p.query_start_loc[seq];
+  const int q_pos = p.context_lens[seq] - q_len + (token - p.query_start_loc[seq]);
+  const int kv_head = head / p.group_size;
+  const T* q = static_cast<const T*>(p.query) + token * p.q_token_stride + head * p.q_head_stride;
+  float qv[kMaxPerLane], acc[kMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int d = lane + 32 * i;
+    qv[i] = d < p.head_dim ? to_float(q[d]) : 0.f;
+    acc[i] = 0.f;
+  }
+  const T* k_cache = static_cast<const T*>(p.key_cache);
+  const T* v_cache = static_cast<const T*>(p.value_cache);
+  const int* block_table = p.block_tables + seq * p.block_table_stride;
+  float m = -INFINITY, sum = 0.f;
+  for (int pos = 0; pos <= q_pos; ++pos) {
+    const int64_t offset = block_table[pos / p.block_size] * p.cache_block_stride +
+                           (pos % p.block_size) * p.cache_slot_stride + kv_head * p.cache_head_stride;
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < p.head_dim) dot += qv[i] * to_float(k_cache[offset + d]);
+    }
+    const float score = warp_sum(dot) * p.scale_log2;
+    const float new_max = fmaxf(m, score);
+    const float alpha = exp2f(m - new_max), weight = exp2f(score - new_max);
+    m = new_max;
+    sum = sum * alpha + weight;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < p.head_dim) acc[i] = acc[i] * alpha + weight * to_float(v_cache[offset + d]);
+    }
+  }
+  T* out = static_cast<T*>(p.out) + token * p.o_token_stride + head * p.o_head_stride;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (d < p.head_dim) out[d] = from_float<T>(sum > 0.f ? acc[i] / sum : 0.f);
+  }
+}
+
+}  // namespace fastpage::cuda

@@ -1,0 +1,61 @@
+// Kernels that write and copy paged KV cache blocks.
+#pragma once
+#include "common.cuh"
+
+namespace fastpage::cuda {
+
+// One thread block per new token: key/value [num_tokens, num_kv_heads, head_dim] (token stride free,
+// heads contiguous) -> cache [num_blocks, block_size, num_kv_heads, head_dim] (strides from the cache).
+// VEC elements move per access (VEC = 1 or a 16-byte vector).
+template <typename T, typename Index, int VEC>
+__global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __restrict__ value,
+                                         T* __restrict__ key_cache, T* __restrict__ value_cache,
+                                         const Index* __restrict__ slot_mapping, int64_t key_token_stride,
+                                         int64_t value_token_stride, int64_t block_stride,
+                                         int64_t slot_stride, int64_t head_stride, int block_size,
+                                         int num_kv_heads, int head_dim) {
+  const int64_t token = blockIdx.x;
+  const int64_t slot = static_cast<int64_t>(slot_mapping[token]);
+  if (slot < 0) return;  // padding token
+  const int64_t cache_offset = (slot / block_size) * block_stride + (slot % block_size) * slot_stride;
+  const int vecs_per_head = head_dim / VEC;
+  const int num_vecs = num_kv_heads * vecs_per_head;
+  using V = Vec16<T>;
+  for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
+    const int head = i / vecs_per_head, d = (i % vecs_per_head) * VEC;
+    const int64_t src = static_cast<int64_t>(head) * head_dim + d;
+    const int64_t dst = cache_offset + head * head_stride + d;
+    if constexpr (VEC == 1) {
+      key_cache[dst] = key[token * key_token_stride + src];
+      value_cache[dst] = value[token * value_token_stride + src];
+    } else {
+      *reinterpret_cast<V*>(key_cache + dst) = *reinterpret_cast<const V*>(key + token * key_token_stride + src);
+      *reinterpret_cast<V*>(value_cache + dst) =
+          *reinterpret_cast<const V*>(value + token * value_token_stride + src);
+    }
+  }
+}
+
+// Copy-on-write: grid (num_pairs, num_caches). Each cache c is a byte array whose block b starts at
+// base[c] + b * block_stride_bytes[c] and holds block_bytes[c] bytes, copied in units of U (uint4 when
+// every address and size is a multiple of 16 bytes, else single bytes).
+struct CopyBlocksArgs {
+  const int64_t* base;                // [num_caches] device addresses
+  const int64_t* block_stride_bytes;  // [num_caches]
+  const int64_t* block_bytes;         // [num_caches]
+  const int64_t* mapping;             // [num_pairs, 2] (src, dst)
+};
+
+template <typename U>
+__global__ void copy_blocks_kernel(CopyBlocksArgs args) {
+  const int pair = blockIdx.x, c = blockIdx.y;
+  const int64_t src = args.mapping[2 * pair], dst = args.mapping[2 * pair + 1];
+  char* base = reinterpret_cast<char*>(args.base[c]);
+  const int64_t stride = args.block_stride_bytes[c];
+  const U* from = reinterpret_cast<const U*>(base + src * stride);
+  U* to = reinterpret_cast<U*>(base + dst * stride);
+  const int64_t n = args.block_bytes[c] / static_cast<int64_t>(sizeof(U));
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) to[i] = from[i];
+}
+
+}  // namespace fastpage::cuda

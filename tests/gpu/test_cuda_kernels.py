@@ -1,0 +1,133 @@
+"""GPU-only checks of the CUDA kernels beyond tests/test_kernels.py: the decode shape of the
+tensor-core attention kernel (pure decode batches, split contexts up to 8k, head dims 64/128, GQA
+ratios 1/4/8, block sizes 8/16/32), prefill at head dim 128, the fallback path, CUDA-graph capture,
+and the shape/dtype errors the CUDA launchers raise. References: tests/kernel_reference.py."""
+
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import fastpage  # noqa: E402,F401  (registers torch.ops.fastpage)
+from kernel_reference import make_paged_batch, ref_copy_blocks, ref_paged_attention  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+ops = torch.ops.fastpage
+TOL = {
+    torch.float32: dict(atol=2e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def run(batch, out=None):
+    out = torch.full_like(batch.query, float("nan")) if out is None else out
+    ops.paged_attention(out, batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc,
+                        batch.context_lens, batch.block_tables, batch.scale, batch.max_query_len,
+                        batch.max_context_len)
+    return out
+
+
+def reference(batch):
+    return ref_paged_attention(batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc,
+                               batch.context_lens, batch.block_tables, batch.scale)
+
+
+def check(batch, dtype):
+    num_scheduled = int(batch.query_start_loc[-1])
+    out = run(batch)
+    torch.testing.assert_close(out[:num_scheduled].float(), reference(batch), **TOL[dtype])
+    assert out[num_scheduled:].isnan().all(), "padding tokens must stay untouched"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(8, 8), (16, 4), (32, 4)])
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+def test_decode_batches(dtype, head_dim, num_heads, num_kv_heads, block_size, gen):
+    """Odd batch of single-token decodes: contexts 1, one block, one block + 1, random, 8k (split)."""
+    r = int(torch.randint(2, 3000, (1,), generator=gen))
+    contexts = [1, block_size, block_size + 1, r, 8192, 37, 700]
+    batch = make_paged_batch([(1, c) for c in contexts], num_heads=num_heads, num_kv_heads=num_kv_heads,
+                             head_dim=head_dim, block_size=block_size, dtype=dtype, device="cuda",
+                             generator=gen, num_padding_tokens=2)
+    check(batch, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (12, 3), (32, 4)])
+def test_prefill_head_dim_128(dtype, num_heads, num_kv_heads, gen):
+    """Prefill chunks over cached prefixes (partial blocks), a fresh prompt, and decodes, together."""
+    seqs = [(1, 5), (7, 40), (70, 70), (33, 1500), (1, 2048), (130, 131)]
+    batch = make_paged_batch(seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=128,
+                             block_size=16, dtype=dtype, device="cuda", generator=gen, num_padding_tokens=1)
+    check(batch, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fallback_head_dim_96(dtype, gen):
+    """Head dims outside the tensor-core kernel's (64, 128) take the fallback kernel."""
+    batch = make_paged_batch([(1, 300), (9, 20)], num_heads=8, num_kv_heads=2, head_dim=96, block_size=16,
+                             dtype=dtype, device="cuda", generator=gen, num_padding_tokens=2)
+    check(batch, dtype)
+
+
+def test_decode_replays_in_a_cuda_graph(gen):
+    """Captured once, replayed on new inputs written in place (the CUDA-graph decode path)."""
+    batch = make_paged_batch([(1, 4000), (1, 17), (1, 900)], num_heads=32, num_kv_heads=8, head_dim=128,
+                             block_size=16, dtype=torch.bfloat16, device="cuda", generator=gen)
+    out = torch.empty_like(batch.query)
+    run(batch, out)  # warm-up outside capture (kernel attributes, occupancy query)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(batch, out)
+    for _ in range(2):
+        batch.query.copy_(torch.randn(batch.query.shape, generator=gen).to("cuda", torch.bfloat16))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
+
+
+def test_copy_blocks_of_unaligned_sizes(gen):
+    """Blocks of 6 bytes (not a 16-byte multiple) take the byte-wise copy; the mapping may be on the host."""
+    caches = [torch.randn(6, 3, generator=gen).to("cuda", torch.float16) for _ in range(3)]
+    mapping = torch.tensor([[0, 5], [2, 1], [4, 3]])
+    expected = ref_copy_blocks(caches, mapping)
+    ops.copy_blocks(caches, mapping)
+    for cache, want in zip(caches, expected):
+        assert torch.equal(cache, want)
+
+
+def test_launchers_reject_bad_shapes_and_dtypes(gen):
+    batch = make_paged_batch([(2, 9)], num_heads=4, num_kv_heads=2, head_dim=64, block_size=8,
+                             dtype=torch.bfloat16, device="cuda", generator=gen)
+    out = torch.empty_like(batch.query)
+    args = [out, batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc, batch.context_lens,
+            batch.block_tables, batch.scale, 2, 9]
+    bad_tables = list(args)
+    bad_tables[6] = batch.block_tables.long()
+    with pytest.raises(RuntimeError, match="block_tables must be int32"):
+        ops.paged_attention(*bad_tables)
+    cpu_query = list(args)
+    cpu_query[1] = batch.query.cpu()
+    with pytest.raises(RuntimeError, match="query"):
+        ops.paged_attention(*cpu_query)
+    too_long = list(args)
+    too_long[9] = 10**6
+    with pytest.raises(RuntimeError, match="max_context_len"):
+        ops.paged_attention(*too_long)
+    with pytest.raises(RuntimeError, match="slot_mapping"):
+        key = torch.randn(3, 2, 64, device="cuda", dtype=torch.bfloat16)
+        ops.reshape_and_cache(key, key, batch.key_cache, batch.value_cache, torch.zeros(4, dtype=torch.long,
+                                                                                        device="cuda"))
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.rms_norm(torch.randn(3, 64, device="cuda"), torch.randn(64, device="cuda").half(), 1e-6)
