@@ -92,6 +92,25 @@ def test_paged_attention_long_contexts(device, dtype, gen):
     assert_close(run_paged_attention(batch), expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_attention_split_contexts_on_cpu(dtype, gen):
+    """More threads than tiles: the CPU kernel splits long contexts into key ranges and merges their
+    softmax states (small-batch decode, and a short prefill chunk over a long prefix)."""
+    seqs = [(1, 2048), (3, 700), (1, 300), (1, 5)]
+    batch = make_paged_batch(seqs, num_heads=8, num_kv_heads=1, head_dim=64, block_size=16,
+                             dtype=dtype, device="cpu", generator=gen)
+    expected = ref_paged_attention(batch.query, batch.key_cache, batch.value_cache,
+                                   batch.query_start_loc, batch.context_lens, batch.block_tables,
+                                   batch.scale)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        out = run_paged_attention(batch)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close(out, expected, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("head_dim", [32, 80, 128])
 def test_paged_attention_head_dims_and_padding(device, head_dim, gen):
