@@ -24,13 +24,21 @@ from kernel_reference import (
 )
 
 ops = torch.ops.fastpage
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CUDA_KERNELS = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "fastpage::paged_attention", "CUDA")
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA_KERNELS, reason="fastpage was built without its CUDA kernels"))]
+    if torch.cuda.is_available() else [])
 # Tolerances against a float32 reference computed from the same (rounded) inputs.
 TOL = {
     torch.float32: dict(atol=2e-5, rtol=1e-5),
     torch.float16: dict(atol=2e-3, rtol=2e-3),
     torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
 }
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 @pytest.fixture
@@ -66,7 +74,7 @@ def mixed_batch(block_size, gen, max_context):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (16, 2)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_paged_attention_mixed_batch(device, block_size, num_heads, num_kv_heads, dtype, gen):
     seqs = mixed_batch(block_size, gen, max_context=300)
     batch = make_paged_batch(seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=64,
@@ -79,7 +87,7 @@ def test_paged_attention_mixed_batch(device, block_size, num_heads, num_kv_heads
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_name)
 def test_paged_attention_long_contexts(device, dtype, gen):
     """Decodes up to 2048 tokens (8192 on CUDA) and a 96-token chunk at the end of a long prefix."""
     longest = 2048 if device == "cpu" else 8192
@@ -90,6 +98,25 @@ def test_paged_attention_long_contexts(device, dtype, gen):
                                    batch.query_start_loc, batch.context_lens, batch.block_tables,
                                    batch.scale)
     assert_close(run_paged_attention(batch), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+def test_paged_attention_split_contexts_on_cpu(dtype, gen):
+    """More threads than tiles: the CPU kernel splits long contexts into key ranges and merges their
+    softmax states (small-batch decode, and a short prefill chunk over a long prefix)."""
+    seqs = [(1, 2048), (3, 700), (1, 300), (1, 5)]
+    batch = make_paged_batch(seqs, num_heads=8, num_kv_heads=1, head_dim=64, block_size=16,
+                             dtype=dtype, device="cpu", generator=gen)
+    expected = ref_paged_attention(batch.query, batch.key_cache, batch.value_cache,
+                                   batch.query_start_loc, batch.context_lens, batch.block_tables,
+                                   batch.scale)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        out = run_paged_attention(batch)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close(out, expected, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -131,7 +158,7 @@ def test_paged_attention_chunks_match_one_prefill(device, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("block_size", [8, 16, 32])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dtype_name)
 def test_reshape_and_cache(device, block_size, dtype, gen):
     num_tokens, num_kv_heads, head_dim, num_blocks = 37, 3, 64, 11
     key = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(device, dtype)
@@ -148,7 +175,7 @@ def test_reshape_and_cache(device, block_size, dtype, gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_fused_qkv_views_through_the_attention_path(device, dtype, gen):
     """The model runner's path on views of a fused qkv projection (strided tokens): q/k RMSNorm on a
     view, rotary in place on views, cache write from views, attention from a view, for a decode and
@@ -197,7 +224,7 @@ def test_fused_qkv_views_through_the_attention_path(device, dtype, gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_copy_blocks(device, dtype, gen):
     num_blocks = 13
     caches = [torch.randn(num_blocks, 16, 3, 32, generator=gen).to(device, dtype) for _ in range(4)]
@@ -213,12 +240,13 @@ def swap_pairs():
     """(src device, dst device) pairs: host<->host on the CPU, host<->device where CUDA exists."""
     pairs = [("cpu", "cpu")]
     if torch.cuda.is_available():
-        pairs += [("cuda", "cpu"), ("cpu", "cuda"), ("cuda", "cuda")]
+        skip = pytest.mark.skipif(not CUDA_KERNELS, reason="fastpage was built without its CUDA kernels")
+        pairs += [pytest.param(*pair, marks=skip) for pair in [("cuda", "cpu"), ("cpu", "cuda"), ("cuda", "cuda")]]
     return pairs
 
 
 @pytest.mark.parametrize("src_device,dst_device", swap_pairs())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_swap_blocks(src_device, dst_device, dtype, gen):
     """All layers' K and V ([planes, num_blocks, ...]) swapped in one call, between caches of
     different block counts, mapping on the host."""
@@ -237,7 +265,7 @@ def test_swap_blocks(src_device, dst_device, dtype, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 576), (7, 1000), (3, 5, 64)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dtype_name)
 def test_rms_norm(device, shape, dtype, gen):
     x = (3 * torch.randn(*shape, generator=gen)).to(device, dtype)
     weight = torch.randn(shape[-1], generator=gen).to(device, dtype)
@@ -246,7 +274,7 @@ def test_rms_norm(device, shape, dtype, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (9, 1000)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dtype_name)
 def test_fused_add_rms_norm(device, num_tokens, hidden, dtype, gen):
     x = torch.randn(num_tokens, hidden, generator=gen).to(device, dtype)
     residual = (4 * torch.randn(num_tokens, hidden, generator=gen)).to(device, dtype)
@@ -259,7 +287,7 @@ def test_fused_add_rms_norm(device, num_tokens, hidden, dtype, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 @pytest.mark.parametrize("flat", [True, False])
 def test_rotary_embedding(device, head_dim, dtype, flat, gen):
     """query [T, Hq * D] or [T, Hq, D] and key with fewer heads, positions out of order, int64."""
@@ -293,7 +321,7 @@ def test_rotary_embedding_int32_positions_and_dtype_cache(device, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 2 * 1536), (9, 2 * 100), (2, 3, 2 * 64)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dtype_name)
 def test_silu_and_mul(device, shape, dtype, gen):
     x = (2 * torch.randn(*shape, generator=gen)).to(device, dtype)
     out = ops.silu_and_mul(x)

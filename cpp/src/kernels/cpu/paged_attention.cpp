@@ -2,7 +2,9 @@
 // a cached prefix) in one kernel. Each work item is (sequence, kv head, tile of new tokens): the
 // query heads that share the kv head are processed together, so every key/value row is loaded and
 // converted once per tile and reused by all of them (grouped-query attention). Keys are visited in
-// chunks with an online softmax, so memory stays O(tile) whatever the context length.
+// chunks with an online softmax, so memory stays O(tile) whatever the context length. When there
+// are fewer items than threads (small-batch decode), long contexts are split into key ranges whose
+// partial softmax states are merged afterwards.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -17,12 +19,22 @@ namespace {
 
 constexpr int64_t kRowsPerTile = 32;  // query rows (tokens x heads of a group) per work item
 constexpr int64_t kKeyChunk = 64;     // keys scored before one softmax rescale
+constexpr int64_t kMinKeysPerSplit = 4 * kKeyChunk;  // below this a key range is not worth a thread
 
 struct WorkItem {
   int64_t seq;
   int64_t kv_head;
   int64_t token_begin;  // tile of the sequence's new tokens, relative to its first new token
   int64_t token_end;
+  int64_t key_begin = 0;  // key range (positions) of a split item; the whole causal range if not
+  int64_t key_end = std::numeric_limits<int64_t>::max();
+  int64_t partial = -1;  // split items write their softmax state to this slot of the partials
+};
+
+// A tile whose keys were split over items first_partial ... first_partial + num_partials - 1.
+struct SplitTile {
+  WorkItem tile;
+  int64_t first_partial, num_partials;
 };
 
 struct Geometry {
@@ -76,11 +88,20 @@ void accumulate_values(float* acc, const float* p, const float* const* v_rows, i
   }
 }
 
+// Output row r (token r / group, head r % group of the kv head's group) of a tile.
+template <typename scalar_t>
+scalar_t* output_row(const WorkItem& tile, const Geometry& g, scalar_t* out,
+                     const int32_t* query_start_loc, int64_t r) {
+  const int64_t token = query_start_loc[tile.seq] + tile.token_begin + r / g.group;
+  return out + token * g.out_token_stride + (tile.kv_head * g.group + r % g.group) * g.out_head_stride;
+}
+
 template <typename scalar_t>
 void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
                  const scalar_t* key_cache, const scalar_t* value_cache, scalar_t* out,
-                 const int32_t* query_start_loc, const int32_t* context_lens,
-                 const int32_t* block_tables, float scale, Scratch& scratch) {
+                 float* partials, int64_t rows_per_tile, const int32_t* query_start_loc,
+                 const int32_t* context_lens, const int32_t* block_tables, float scale,
+                 Scratch& scratch) {
   const int64_t D = g.head_dim;
   const int64_t q_start = query_start_loc[item.seq];
   const int64_t q_len = query_start_loc[item.seq + 1] - q_start;
@@ -105,8 +126,8 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
   std::fill_n(scratch.row_sum.begin(), rows, 0.f);
 
   // Causal: token t sees keys [0, first_position + token_begin + t]; the tile's last token the most.
-  const int64_t keys_end = first_position + item.token_end;
-  for (int64_t chunk_begin = 0; chunk_begin < keys_end; chunk_begin += kKeyChunk) {
+  const int64_t keys_end = std::min(first_position + item.token_end, item.key_end);
+  for (int64_t chunk_begin = item.key_begin; chunk_begin < keys_end; chunk_begin += kKeyChunk) {
     const int64_t chunk_len = std::min(kKeyChunk, keys_end - chunk_begin);
     const float* key_rows[kKeyChunk];
     const float* value_rows[kKeyChunk];
@@ -153,15 +174,48 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
     }
   }
 
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    for (int64_t hh = 0; hh < g.group; ++hh) {
-      const int64_t r = t * g.group + hh;
-      scalar_t* o = out + (q_start + item.token_begin + t) * g.out_token_stride +
-                    (item.kv_head * g.group + hh) * g.out_head_stride;
-      const float inv_sum = 1.f / scratch.row_sum[r];
-      const float* acc = scratch.acc.data() + r * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv_sum);
+  if (item.partial >= 0) {
+    // Row state of a split item: max, sum, unnormalized accumulator.
+    float* state = partials + item.partial * rows_per_tile * (D + 2);
+    for (int64_t r = 0; r < rows; ++r) {
+      state[r * (D + 2)] = scratch.row_max[r];
+      state[r * (D + 2) + 1] = scratch.row_sum[r];
+      std::copy_n(scratch.acc.data() + r * D, D, state + r * (D + 2) + 2);
     }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv_sum = 1.f / scratch.row_sum[r];
+    const float* acc = scratch.acc.data() + r * D;
+    scalar_t* o = output_row(item, g, out, query_start_loc, r);
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv_sum);
+  }
+}
+
+// Combines the softmax states of a split tile's key ranges into its output rows.
+template <typename scalar_t>
+void merge_split_tile(const SplitTile& split, const Geometry& g, const float* partials,
+                      int64_t rows_per_tile, scalar_t* out, const int32_t* query_start_loc,
+                      std::vector<float>& acc) {
+  const int64_t D = g.head_dim;
+  const int64_t rows = (split.tile.token_end - split.tile.token_begin) * g.group;
+  const auto state = [&](int64_t p, int64_t r) {
+    return partials + ((split.first_partial + p) * rows_per_tile + r) * (D + 2);
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t p = 0; p < split.num_partials; ++p) max = std::max(max, state(p, r)[0]);
+    float sum = 0.f;
+    std::fill_n(acc.begin(), D, 0.f);
+    for (int64_t p = 0; p < split.num_partials; ++p) {
+      const float* s = state(p, r);
+      if (s[1] == 0.f) continue;  // this key range is past the row's causal limit
+      const float weight = std::exp(s[0] - max);
+      sum += s[1] * weight;
+      for (int64_t d = 0; d < D; ++d) acc[d] += s[2 + d] * weight;
+    }
+    scalar_t* o = output_row(split.tile, g, out, query_start_loc, r);
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] / sum);
   }
 }
 
@@ -235,6 +289,7 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
   TORCH_CHECK(starts[num_seqs] <= num_tokens, op, "query_start_loc[-1] = ", starts[num_seqs],
               " exceeds num_tokens ", num_tokens);
   const int64_t tokens_per_tile = std::max<int64_t>(1, kRowsPerTile / g.group);
+  const int64_t rows_per_tile = tokens_per_tile * g.group;
   std::vector<WorkItem> items;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const int64_t q_len = starts[s + 1] - starts[s];
@@ -259,6 +314,38 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
       }
     }
   }
+
+  // Fewer tiles than threads (small-batch decode): split long key ranges, in whole chunks, so that
+  // every thread gets work.
+  std::vector<SplitTile> splits;
+  int64_t num_partials = 0;
+  const int64_t num_tiles = static_cast<int64_t>(items.size());
+  if (num_tiles > 0 && num_tiles < at::get_num_threads()) {
+    const int64_t parts_wanted = (at::get_num_threads() + num_tiles - 1) / num_tiles;
+    std::vector<WorkItem> split_items;
+    for (const WorkItem& tile : items) {
+      const int64_t keys_end = lens[tile.seq] - (starts[tile.seq + 1] - starts[tile.seq]) + tile.token_end;
+      const int64_t num_parts = std::min(parts_wanted, keys_end / kMinKeysPerSplit);
+      if (num_parts < 2) {
+        split_items.push_back(tile);
+        continue;
+      }
+      const int64_t num_chunks = (keys_end + kKeyChunk - 1) / kKeyChunk;
+      const int64_t chunks_per_part = (num_chunks + num_parts - 1) / num_parts;
+      SplitTile split{tile, num_partials, 0};
+      for (int64_t chunk = 0; chunk < num_chunks; chunk += chunks_per_part) {
+        WorkItem part = tile;
+        part.key_begin = chunk * kKeyChunk;
+        part.key_end = std::min(keys_end, (chunk + chunks_per_part) * kKeyChunk);
+        part.partial = num_partials++;
+        split_items.push_back(part);
+        ++split.num_partials;
+      }
+      splits.push_back(split);
+    }
+    items = std::move(split_items);
+  }
+
   // Later tiles of a prefill see more keys. parallel_for hands each thread a contiguous range, so
   // interleave cheap and expensive items (first, last, second, second to last, ...) to balance it.
   std::vector<WorkItem> order;
@@ -268,17 +355,23 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
     if (lo < hi) order.push_back(items[--hi]);
   }
 
-  const int64_t rows_per_tile = tokens_per_tile * g.group;
   FASTPAGE_DISPATCH_FLOAT_TYPES(query.scalar_type(), "fastpage_paged_attention", [&] {
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const scalar_t* k = key_cache.const_data_ptr<scalar_t>();
     const scalar_t* v = value_cache.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
+    std::vector<float> partials(num_partials * rows_per_tile * (g.head_dim + 2));
     at::parallel_for(0, static_cast<int64_t>(order.size()), 1, [&](int64_t begin, int64_t end) {
       Scratch scratch(rows_per_tile, g.head_dim);
       for (int64_t i = begin; i < end; ++i) {
-        attend_tile<scalar_t>(order[i], g, q, k, v, o, starts, lens, tables,
-                              static_cast<float>(scale), scratch);
+        attend_tile<scalar_t>(order[i], g, q, k, v, o, partials.data(), rows_per_tile, starts, lens,
+                              tables, static_cast<float>(scale), scratch);
+      }
+    });
+    at::parallel_for(0, static_cast<int64_t>(splits.size()), 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(g.head_dim);
+      for (int64_t i = begin; i < end; ++i) {
+        merge_split_tile<scalar_t>(splits[i], g, partials.data(), rows_per_tile, o, starts, acc);
       }
     });
   });
