@@ -1,5 +1,6 @@
-// Embedding fastpage in a C++ service: no Python in the process. Build with the tests
-// (cmake -DFASTPAGE_BUILD_TESTS=ON) and run build/.../fastpage_embed_example.
+// Embedding fastpage in a C++ service: no Python in the process. Compile against the headers in
+// fastpage/include and link fastpage/lib/libfastpage.so plus torch's libraries (tests/test_cpp_embedding.py
+// shows the exact command).
 #include <iostream>
 
 #include "fastpage/engine.h"

@@ -2,6 +2,7 @@
 // A real service fills WeightMap from its own checkpoint reader, using the canonical names of
 // fastpage/model_runner.h.
 #pragma once
+#include <ATen/Context.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 
@@ -30,7 +31,7 @@ inline fastpage::ModelConfig tiny_llama_config() {
 
 inline fastpage::WeightMap random_weights(const fastpage::ModelConfig& c, uint64_t seed) {
   at::manual_seed(seed);
-  auto linear = [](int64_t out, int64_t in) { return at::randn({out, in}) * 0.1; };
+  auto linear = [](int64_t out, int64_t in) { return at::randn({out, in}).mul_(0.1); };
   fastpage::WeightMap w;
   w["embed_tokens.weight"] = at::randn({c.vocab_size, c.hidden_size});
   w["final_norm.weight"] = at::ones({c.hidden_size});
