@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastpage.server.metrics import ServerMetrics
 from fastpage.server.stats_logger import StatsLogger
@@ -93,39 +93,20 @@ class AsyncEngine:
         return None
 
     # ---------------------------------------------------------------- handler side
-    async def generate(self, request_id: str, prompt, params, priority: int = 0) -> AsyncIterator:
-        """Adds the request (ValueError for bad input) and yields its cumulative outputs."""
-        if self.health_problem() is not None:
-            raise EngineDeadError(self.health_problem())
+    async def generate_stream(self, request_id: str, prompt, params, priority: int = 0) -> "RequestStream":
+        """Adds the request (ValueError for bad input); iterate the result for cumulative outputs."""
+        problem = self.health_problem()
+        if problem is not None:
+            raise EngineDeadError(problem)
         slot = _OutputSlot()
         added = self._loop.create_future()
         self._submit(("add", request_id, prompt, params, priority, slot, added))
-        await added
-        arrival = last = time.monotonic()
-        num_tokens = 0
-        finished = False
         try:
-            while not finished:
-                output = await slot.get()
-                now = time.monotonic()
-                tokens = sum(len(c.token_ids) for c in output.outputs)
-                if self.metrics is not None and tokens > num_tokens:
-                    if num_tokens == 0:
-                        self.metrics.time_to_first_token.observe(now - arrival)
-                    else:
-                        per_token = (now - last) / (tokens - num_tokens)
-                        for _ in range(tokens - num_tokens):
-                            self.metrics.inter_token_latency.observe(per_token)
-                    last, num_tokens = now, tokens
-                finished = output.finished
-                yield output
-            if self.metrics is not None:
-                self.metrics.e2e_request_latency.observe(time.monotonic() - arrival)
-                for completion in output.outputs:
-                    self.metrics.request_finished(completion.finish_reason)
-        finally:
-            if not finished:  # client gone, handler cancelled, or the consumer stopped early
-                self.abort(request_id)
+            await added
+        except asyncio.CancelledError:
+            self.abort(request_id)
+            raise
+        return RequestStream(self, request_id, slot)
 
     def abort(self, request_id: str) -> None:
         self._submit(("abort", request_id))
@@ -197,6 +178,51 @@ class AsyncEngine:
         if self.metrics is not None:
             self.metrics.update_from_engine(stats)
         self._stats_logger.maybe_log(stats)
+
+
+class RequestStream:
+    """The outputs of one added request. abort() is safe to call at any time, any number of times:
+    handlers call it in a finally block, so a client that goes away frees the request's blocks."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, slot: _OutputSlot):
+        self._engine = engine
+        self.request_id = request_id
+        self._slot = slot
+        self.finished = False
+
+    def abort(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
+
+    async def __aiter__(self):
+        metrics = self._engine.metrics
+        arrival = last = time.monotonic()
+        num_tokens = 0
+        try:
+            while True:
+                output = await self._slot.get()
+                now = time.monotonic()
+                tokens = sum(len(c.token_ids) for c in output.outputs)
+                if metrics is not None and tokens > num_tokens:
+                    if num_tokens == 0:
+                        metrics.time_to_first_token.observe(now - arrival)
+                    else:
+                        per_token = (now - last) / (tokens - num_tokens)
+                        for _ in range(tokens - num_tokens):
+                            metrics.inter_token_latency.observe(per_token)
+                    last, num_tokens = now, tokens
+                if output.finished:
+                    self.finished = True
+                    if metrics is not None:
+                        metrics.e2e_request_latency.observe(now - arrival)
+                        for completion in output.outputs:
+                            metrics.request_finished(completion.finish_reason)
+                yield output
+                if output.finished:
+                    return
+        finally:
+            self.abort()  # no-op when finished; otherwise the consumer stopped early or was cancelled
 
 
 def _set_result(future: asyncio.Future, value) -> None:

@@ -1,0 +1,106 @@
+"""`python -m fastpage.entrypoints.openai.api_server --model ...`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger("fastpage.server")
+
+API_KEY_ENV = "FASTPAGE_API_KEY"
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from fastpage.engine_args import EngineArgs
+    from fastpage.server.tool_parsers import TOOL_PARSERS
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None, help="address to listen on (default: all)")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--served-model-name", nargs="+", default=None,
+                        help="model name(s) clients use; the first one is reported in responses "
+                             "(default: the --model value)")
+    server.add_argument("--chat-template", default=None,
+                        help="a chat template file, or the template itself; overrides the model's")
+    server.add_argument("--api-key", default=None,
+                        help=f"require this key (Authorization: Bearer) on every endpoint but /health "
+                             f"(default: ${API_KEY_ENV})")
+    server.add_argument("--protect-metrics", action="store_true",
+                        help="require the API key on /metrics too")
+    server.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='allow tool_choice "auto" (needs --tool-call-parser)')
+    server.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                        help="how tool calls look in this model's output (hermes: Qwen2.5, Hermes)")
+    server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line")
+    server.add_argument("--uvicorn-log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug", "trace"])
+    EngineArgs.add_cli_args(parser)
+    return parser
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """A path to a template file, or the template text itself (vLLM's rule)."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if any(c in value for c in "{}\n"):
+        return value
+    raise ValueError(f"--chat-template: {value!r} is neither a file nor a template")
+
+
+def build_server(args: argparse.Namespace):
+    """Loads the model and returns the FastAPI app (the engine thread starts with the app)."""
+    from fastpage.engine_args import EngineArgs
+    from fastpage.llm_engine import LLMEngine
+    from fastpage.server.app import build_app
+    from fastpage.server.async_engine import AsyncEngine
+    from fastpage.server.metrics import ServerMetrics
+    from fastpage.server.serving_base import ServingContext
+
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    chat_template = load_chat_template(args.chat_template)
+    llm = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    served = args.served_model_name or [args.model]
+    metrics = ServerMetrics(served[0])
+    engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
+    log_capacity(llm)
+    ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=args.model,
+                         max_model_len=llm.max_model_len, vocab_size=llm.vocab_size,
+                         chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
+                         tool_call_parser=args.tool_call_parser)
+    return build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                     protect_metrics=args.protect_metrics)
+
+
+def log_capacity(llm) -> None:
+    stats = llm.get_stats()
+    blocks, block_size = stats.get("num_device_blocks", 0), stats.get("block_size", 0)
+    tokens = blocks * block_size
+    logger.info("KV cache: %d blocks of %d tokens (%d tokens); requests of max_model_len %d that fit "
+                "at once: %.2f", blocks, block_size, tokens, llm.max_model_len,
+                tokens / llm.max_model_len if llm.max_model_len else 0.0)
+
+
+def run_server(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    app = build_server(args)
+    logger.info("serving %s on http://%s:%d", ", ".join(args.served_model_name or [args.model]),
+                args.host or "0.0.0.0", args.port)
+    uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
+                timeout_keep_alive=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fastpage.entrypoints.openai.api_server",
+                                     description="fastpage OpenAI-compatible server")
+    run_server(add_server_args(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
