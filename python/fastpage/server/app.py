@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -28,8 +29,6 @@ def build_app(ctx: ServingContext, api_key: str | None = None, protect_metrics: 
               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        import asyncio
-
         ctx.engine.start(asyncio.get_running_loop())
         yield
         ctx.engine.shutdown()
@@ -45,6 +44,9 @@ def build_app(ctx: ServingContext, api_key: str | None = None, protect_metrics: 
     async def _validation_error(_request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         cause = (first.get("ctx") or {}).get("error")
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"request body is not valid JSON: {first.get('msg')}", 400),
+                                status_code=400)
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = getattr(cause, "param", None) or (loc[0] if loc else None)
         message = str(cause) if cause is not None else first.get("msg", "invalid request")
@@ -60,15 +62,8 @@ def build_app(ctx: ServingContext, api_key: str | None = None, protect_metrics: 
     async def _internal(_request, err: Exception):
         return JSONResponse(error_body(f"internal error: {type(err).__name__}", 500), status_code=500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path not in open_paths:
-            supplied = request.headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(error_body("Unauthorized: a valid API key is required", 401),
-                                    status_code=401)
-        return await call_next(request)
-
+    # Outermost first: the body bound applies before anything reads a body.
+    app.add_middleware(ApiKeyCheck, api_key=api_key, open_paths=open_paths)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.get("/health")
@@ -126,7 +121,6 @@ def build_app(ctx: ServingContext, api_key: str | None = None, protect_metrics: 
 async def _until_disconnect(raw: Request, handler):
     """Runs a non-streaming handler, cancelling it (which aborts its requests) if the client leaves.
     Streaming responses watch for disconnects themselves (Starlette cancels the body iterator)."""
-    import asyncio
 
     work = asyncio.ensure_future(handler)
     watcher = asyncio.ensure_future(_wait_disconnect(raw))
@@ -134,10 +128,11 @@ async def _until_disconnect(raw: Request, handler):
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not work.done():
-            work.cancel()
-    if work.cancelled():
-        return Response(status_code=499)
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        return Response(status_code=499)  # nobody reads it; the client is gone
     return work.result()
 
 
@@ -146,6 +141,25 @@ async def _wait_disconnect(raw: Request) -> None:
         message = await raw.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class ApiKeyCheck:
+    """Pure ASGI middleware: with a key configured, every path but the open ones needs
+    `Authorization: Bearer <key>` (compared in constant time)."""
+
+    def __init__(self, app, api_key: str | None, open_paths: frozenset[str]):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if self.expected is not None and scope["type"] == "http" and scope["path"] not in self.open_paths:
+            supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, self.expected):
+                response = JSONResponse(error_body("Unauthorized: a valid API key is required", 401),
+                                        status_code=401)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -135,7 +135,9 @@ class AsyncEngine:
                     outputs = self.engine.step()
                     self._step_started = None
                     self._dispatch(outputs)
-                if time.monotonic() - last_stats > STATS_INTERVAL_S:
+                # Sample while busy, and once more on going idle so /metrics shows freed blocks.
+                idle = not self.engine.has_unfinished_requests()
+                if idle or time.monotonic() - last_stats > STATS_INTERVAL_S:
                     self._sample_stats()
                     last_stats = time.monotonic()
         except BaseException as err:  # noqa: BLE001 - the engine is dead; tell everyone waiting
