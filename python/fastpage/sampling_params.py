@@ -1,0 +1,228 @@
+"""SamplingParams: vLLM's fields, defaults and validation; converted to the C++ engine's params.
+
+Validation happens in two steps: `__post_init__` checks what the parameters alone decide, and
+`verify_for_model` checks what depends on the model and the engine (vocabulary, max_logprobs,
+max_num_seqs). Every error is a ValueError whose message starts with the offending field's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastpage import _C
+    from fastpage.tokenizer import Tokenizer
+
+SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS)
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
+MAX_BAD_WORDS = 64
+MAX_BAD_WORD_CHARS = 1024
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range; larger values are clamped, as in vLLM
+MAX_SEED = 2**64  # the C++ engine keeps seeds as uint64; negative seeds wrap around
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16  # None: up to the end of the context
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    detokenize: bool = True
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        if self.best_of is None:
+            self.best_of = self.n
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = [] if self.stop_token_ids is None else list(self.stop_token_ids)
+        self.bad_words = [] if self.bad_words is None else list(self.bad_words)
+        if self.logit_bias is not None:
+            self.logit_bias = _normalize_logit_bias(self.logit_bias)
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = list(self.allowed_token_ids)
+        self._verify()
+        if self.temperature < SAMPLING_EPS:
+            # Greedy: the truncation knobs cannot change the argmax, so they are switched off.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+
+    @property
+    def sampling_type_greedy(self) -> bool:
+        return self.temperature < SAMPLING_EPS
+
+    def clone(self) -> SamplingParams:
+        return dataclasses.replace(self)
+
+    # ------------------------------------------------------------------ validation
+    def _verify(self) -> None:
+        _check_int("n", self.n, minimum=1)
+        _check_int("best_of", self.best_of, minimum=1)
+        if self.best_of < self.n:
+            raise ValueError(f"best_of must be greater than or equal to n, got n={self.n} and "
+                             f"best_of={self.best_of}.")
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if not _is_number(self.repetition_penalty) or not 0.0 < self.repetition_penalty < math.inf:
+            raise ValueError(f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.")
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        _check_int("top_k", self.top_k, minimum=-1)
+        _check_range("min_p", self.min_p, 0.0, 1.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, minimum=-MAX_SEED + 1)
+            if self.seed >= MAX_SEED:
+                raise ValueError(f"seed must be less than 2**64, got {self.seed}.")
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, minimum=1)
+        _check_int("min_tokens", self.min_tokens, minimum=0)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, "
+                             f"got {self.min_tokens}.")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, minimum=0)
+        if self.prompt_logprobs is not None:
+            _check_int("prompt_logprobs", self.prompt_logprobs, minimum=0)
+        _check_strings("stop", self.stop, MAX_STOP_STRINGS, MAX_STOP_STRING_CHARS)
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings are only supported when detokenize is True; "
+                             "use stop_token_ids instead.")
+        _check_strings("bad_words", self.bad_words, MAX_BAD_WORDS, MAX_BAD_WORD_CHARS)
+        for token_id in self.stop_token_ids:
+            _check_int("stop_token_ids", token_id, minimum=0)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                raise ValueError("allowed_token_ids must not be empty when given.")
+            for token_id in self.allowed_token_ids:
+                _check_int("allowed_token_ids", token_id, minimum=0)
+        for name in ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+                     "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+
+    def verify_for_model(self, vocab_size: int, max_logprobs: int, max_num_seqs: int | None = None) -> None:
+        """Checks the bounds that depend on the model and the engine."""
+        for name, value in (("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)):
+            if value is not None and value > max_logprobs:
+                raise ValueError(f"{name}: requested {value} logprobs, which is greater than the "
+                                 f"maximum allowed ({max_logprobs}).")
+        if max_num_seqs is not None and self.best_of > max_num_seqs:
+            raise ValueError(f"best_of ({self.best_of}) must not exceed max_num_seqs ({max_num_seqs}).")
+        for name, ids in (("stop_token_ids", self.stop_token_ids),
+                          ("allowed_token_ids", self.allowed_token_ids or []),
+                          ("logit_bias", list(self.logit_bias or {}))):
+            if len(ids) > vocab_size:
+                raise ValueError(f"{name} has {len(ids)} entries, more than the vocabulary ({vocab_size}).")
+            bad = [token_id for token_id in ids if token_id >= vocab_size]
+            if bad:
+                raise ValueError(f"{name} contains token id {bad[0]}, outside the vocabulary "
+                                 f"(size {vocab_size}).")
+
+    # ------------------------------------------------------------------ conversion
+    def bad_words_token_ids(self, tokenizer: Tokenizer) -> list[list[int]]:
+        """Each bad word as token ids, both as written and with a leading space (a new word),
+        as vLLM does; the second form only when it tokenizes differently."""
+        sequences: list[list[int]] = []
+        for word in self.bad_words:
+            for text in (word.lstrip(), " " + word.lstrip()):
+                token_ids = tokenizer.encode(text, add_special_tokens=False)
+                if token_ids and token_ids not in sequences:
+                    sequences.append(token_ids)
+        return sequences
+
+    def to_c_params(self, max_tokens: int, bad_words_token_ids: list[list[int]] | None = None
+                    ) -> _C.CSamplingParams:
+        """The C++ engine's view; `max_tokens` is the effective limit (None resolved by the caller)."""
+        from fastpage import _C
+
+        params = _C.CSamplingParams()
+        params.n = self.n
+        params.best_of = self.best_of
+        params.temperature = 0.0 if self.sampling_type_greedy else float(self.temperature)
+        params.top_p = float(self.top_p)
+        params.top_k = max(self.top_k, 0)
+        params.min_p = float(self.min_p)
+        params.seed = None if self.seed is None else self.seed % MAX_SEED
+        params.presence_penalty = float(self.presence_penalty)
+        params.frequency_penalty = float(self.frequency_penalty)
+        params.repetition_penalty = float(self.repetition_penalty)
+        params.stop_token_ids = list(self.stop_token_ids)
+        params.bad_words = list(bad_words_token_ids or [])
+        params.ignore_eos = self.ignore_eos
+        params.max_tokens = max_tokens
+        params.min_tokens = self.min_tokens
+        params.logprobs = self.logprobs
+        params.prompt_logprobs = self.prompt_logprobs
+        params.logit_bias = dict(self.logit_bias or {})
+        params.allowed_token_ids = list(self.allowed_token_ids or [])
+        return params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    if not _is_number(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}.")
+
+
+def _check_strings(name: str, values: list, max_count: int, max_chars: int) -> None:
+    if len(values) > max_count:
+        raise ValueError(f"{name} may have at most {max_count} entries, got {len(values)}.")
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} entries must be non-empty strings, got {value!r}.")
+        if len(value) > max_chars:
+            raise ValueError(f"{name} entries may have at most {max_chars} characters, got {len(value)}.")
+
+
+def _normalize_logit_bias(logit_bias: dict) -> dict[int, float]:
+    """Keys may arrive as strings (JSON); values are clamped to [-100, 100] like vLLM and OpenAI."""
+    if not isinstance(logit_bias, dict):
+        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {type(logit_bias).__name__}.")
+    normalized: dict[int, float] = {}
+    for key, bias in logit_bias.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}.") from None
+        if token_id < 0 or (isinstance(key, float) and key != token_id):
+            raise ValueError(f"logit_bias keys must be non-negative token ids, got {key!r}.")
+        if not _is_number(bias) or not math.isfinite(bias):
+            raise ValueError(f"logit_bias values must be finite numbers, got {bias!r}.")
+        normalized[token_id] = max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, float(bias)))
+    return normalized
