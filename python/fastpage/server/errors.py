@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from fastapi.responses import JSONResponse
 
 
@@ -45,6 +43,3 @@ def param_from_value_error(err: ValueError) -> str | None:
     first = str(err).split(" ", 1)[0].strip("`'\":")
     return first if first.isidentifier() else None
 
-
-def status_phrase(status: int) -> str:
-    return HTTPStatus(status).phrase

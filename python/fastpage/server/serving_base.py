@@ -66,7 +66,7 @@ class ServingContext:
 
     def sampling_params(self, req: SamplingFields, max_tokens: int, logprobs: int | None,
                         prompt_logprobs: int | None, skip_special_tokens: bool | None = None):
-        from fastpage import SamplingParams
+        from fastpage.sampling_params import SamplingParams
 
         for field in ("stop_token_ids", "allowed_token_ids"):
             self.check_token_ids(getattr(req, field) or [], field)

@@ -7,21 +7,15 @@ import time
 
 from fastapi.responses import StreamingResponse
 
-from fastpage.server.errors import OpenAIError
+from fastpage.server.errors import OpenAIError, param_from_value_error
 from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, random_id
 from fastpage.server.serving_base import ServingContext, final_outputs, sse, sse_error, usage
 from fastpage.server.tool_parsers import TOOL_PARSERS, ToolParser
 
-# chat_template_kwargs may not override what the server itself decides (the template included).
-_RESERVED_TEMPLATE_KWARGS = frozenset({"chat_template", "tokenize", "tools", "messages", "conversation",
-                                       "add_generation_prompt", "continue_final_message",
-                                       "return_dict", "documents", "padding", "truncation"})
-
-
 def message_to_template_dict(message: ChatMessage) -> dict:
     if isinstance(message.content, list):
         texts = []
-        for i, part in enumerate(message.content):
+        for part in message.content:
             if part.type != "text" or part.text is None:
                 raise OpenAIError(f"content part type {part.type!r} is not supported (text only)",
                                   400, "messages")
@@ -51,18 +45,16 @@ def _json_or_text(arguments: str):
 
 async def render_prompt(ctx: ServingContext, messages: list[ChatMessage], tools, add_generation_prompt: bool,
                         continue_final_message: bool, template_kwargs: dict | None) -> str:
-    extra = dict(template_kwargs or {})
-    reserved = _RESERVED_TEMPLATE_KWARGS.intersection(extra)
-    if reserved:
-        raise OpenAIError(f"chat_template_kwargs may not set {sorted(reserved)}", 400, "chat_template_kwargs")
     conversation = [message_to_template_dict(m) for m in messages]
     tool_dicts = [t.model_dump(exclude_none=True) for t in tools] if tools else None
     try:
         return ctx.tokenizer.apply_chat_template(
-            conversation, tools=tool_dicts, add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message, chat_template=ctx.chat_template, **extra)
+            conversation, chat_template=ctx.chat_template, tools=tool_dicts,
+            add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+            chat_template_kwargs=template_kwargs)
     except (ValueError, TypeError, LookupError) as err:
-        raise OpenAIError(f"cannot render the chat template: {err}", 400, "messages") from None
+        raise OpenAIError(f"cannot render the chat template: {err}", 400,
+                          param_from_value_error(err) or "messages") from None
     except Exception as err:  # jinja2 errors (sandbox violations, undefined names, raise_exception)
         if type(err).__module__.startswith("jinja2"):
             raise OpenAIError(f"cannot render the chat template: {err}", 400, "messages") from None
@@ -172,7 +164,7 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
                 i = completion.index
                 if finished[i]:
                     continue
-                delta, tool_called = _delta(req, mode, parsers[i], completion, sent_text[i])
+                delta = _delta(req, mode, parsers[i], completion, sent_text[i])
                 new_tokens = completion.token_ids[sent_tokens[i]:]
                 logprobs = _chat_logprobs(ctx, req, new_tokens, (completion.logprobs or [])[sent_tokens[i]:])
                 completion_tokens += len(new_tokens)
@@ -201,27 +193,27 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
     yield sse("[DONE]")
 
 
-def _delta(req, mode: str, parser: ToolParser | None, completion, text_from: int) -> tuple[dict, bool]:
+def _delta(req, mode: str, parser: ToolParser | None, completion, text_from: int) -> dict:
     new_text = completion.text[text_from:]
     if mode == "named":
         if not new_text and text_from:
-            return {}, False
+            return {}
         call = {"index": 0, "function": {"arguments": new_text}}
         if text_from == 0:
             call.update(id=random_id("chatcmpl-tool"), type="function")
             call["function"]["name"] = req.tool_choice.function.name
-        return {"tool_calls": [call]}, True
+        return {"tool_calls": [call]}
     if parser is None:
-        return ({"content": new_text} if new_text else {}), False
+        return {"content": new_text} if new_text else {}
     message = parser.extract_tool_calls_streaming(completion.text) if new_text else None
     if message is None:
-        return {}, False
+        return {}
     delta = {}
     if message.content:
         delta["content"] = message.content
     if message.tool_calls:
         delta["tool_calls"] = [c.model_dump(exclude_none=True) for c in message.tool_calls]
-    return delta, bool(message.tool_calls)
+    return delta
 
 
 def _chat_logprobs(ctx, req, token_ids, logprobs) -> dict | None:
@@ -243,6 +235,6 @@ def _chat_logprobs(ctx, req, token_ids, logprobs) -> dict | None:
 def _entry(ctx, token_id: int, logprob) -> dict:
     token = logprob.decoded_token
     if token is None:
-        token = ctx.tokenizer.decode([token_id])
+        token = ctx.tokenizer.token_text(token_id)
     return {"token": token, "logprob": max(logprob.logprob, -9999.0),
             "bytes": list(token.encode("utf-8", errors="replace"))}

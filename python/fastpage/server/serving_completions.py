@@ -103,7 +103,7 @@ async def _stream(ctx, req, model, request_id, created, prompts, streams):
 
 def _token_text(ctx, token_id: int, logprob) -> str:
     decoded = getattr(logprob, "decoded_token", None)
-    return decoded if decoded is not None else ctx.tokenizer.decode([token_id])
+    return decoded if decoded is not None else ctx.tokenizer.token_text(token_id)
 
 
 def _logprobs(ctx, token_ids, logprobs, text_offset: int) -> dict:
@@ -113,7 +113,7 @@ def _logprobs(ctx, token_ids, logprobs, text_offset: int) -> dict:
     for i, token_id in enumerate(token_ids):
         step = logprobs[i] if logprobs is not None and i < len(logprobs) else None
         if step is None:
-            token, token_logprob, top = ctx.tokenizer.decode([token_id]), None, None
+            token, token_logprob, top = ctx.tokenizer.token_text(token_id), None, None
         else:
             token = _token_text(ctx, token_id, step.get(token_id))
             token_logprob = max(step[token_id].logprob, -9999.0)

@@ -69,7 +69,7 @@ def build_server(args: argparse.Namespace):
     engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
     log_capacity(llm)
     ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=args.model,
-                         max_model_len=llm.max_model_len, vocab_size=llm.vocab_size,
+                         max_model_len=llm.max_model_len, vocab_size=llm.tokenizer.vocab_size,
                          chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
                          tool_call_parser=args.tool_call_parser)
     return build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
