@@ -5,4 +5,8 @@
 namespace fastpage::bindings {
 void bind_config(pybind11::module_& m);
 void bind_plan(pybind11::module_& m);
+void bind_core(pybind11::module_& m);
+void bind_sampler(pybind11::module_& m);
+void bind_runner(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 }  // namespace fastpage::bindings

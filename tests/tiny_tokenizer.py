@@ -23,12 +23,14 @@ CHATML_TEMPLATE = (
 )
 
 
-def byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+def byte_level_bpe(vocab_size: int = 400, all_bytes: bool = True) -> PreTrainedTokenizerFast:
+    """With all_bytes=False the alphabet is only the corpus' bytes, so the vocabulary can be as
+    small as a tiny model's (256); ids 0, 1, 2 are <|endoftext|>, <|im_start|>, <|im_end|>."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if all_bytes else [])
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>",
                                    eos_token="<|im_end|>", unk_token="<|endoftext|>",

@@ -187,9 +187,18 @@ def _strftime_now(format_string):
     return datetime.datetime.now().strftime(format_string)
 
 
+class _StrictSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox turns an unsafe attribute (`__class__`, `append` on an input list) into an
+    undefined value that fails only when used further; here touching one fails the render at once."""
+
+    def unsafe_undefined(self, obj, attribute):
+        raise jinja2.exceptions.SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe.")
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+    env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception

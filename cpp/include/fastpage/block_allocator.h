@@ -11,6 +11,8 @@ using BlockId = int32_t;
 using BlockHash = uint64_t;
 constexpr BlockHash kNoHash = 0;  // computed hashes are never 0
 
+// Check-then-act: callers test can_allocate() before allocate(); allocating from an empty pool,
+// freeing a free block or passing an id outside the pool throws (std::logic_error / std::out_of_range).
 class BlockAllocator {
  public:
   explicit BlockAllocator(int32_t num_blocks);
@@ -30,24 +32,29 @@ class BlockAllocator {
   void free(BlockId block);
   // Frees a sequence's blocks tail first, so its tail blocks are evicted before its prefix.
   void free_all(const std::vector<BlockId>& blocks);
-  int32_t ref_count(BlockId block) const { return ref_count_[block]; }
+  int32_t ref_count(BlockId block) const { return ref_count_[checked(block)]; }
 
   // The cached-prefix index: a block registered under a hash stays findable until it is reused.
   std::optional<BlockId> lookup(BlockHash hash) const;
-  void set_hash(BlockId block, BlockHash hash);
-  BlockHash hash_of(BlockId block) const { return hash_[block]; }
+  // Registers `block` under `hash`. Returns false (and changes nothing) when another block is
+  // already registered under that hash; a block keeps one hash until allocate() reuses it.
+  bool set_hash(BlockId block, BlockHash hash);
+  BlockHash hash_of(BlockId block) const { return hash_[checked(block)]; }
   int32_t num_cached_blocks() const { return static_cast<int32_t>(cached_.size()); }
-  // Forgets every cached hash (only blocks nobody uses are dropped from the index... see .cpp).
+  // Forgets every cached hash; blocks in use keep their contents but are no longer findable.
   void reset_hashes();
 
   // Free blocks from the next to be evicted to the last; for tests and debugging.
   std::vector<BlockId> free_list() const;
-  // Throws std::logic_error if free + used != total, a refcount is negative, or the list is broken.
+  // Throws std::logic_error if free + used != total, a refcount is negative, the free list is
+  // broken, or the hash index disagrees with the per-block hashes.
   void check_invariants() const;
 
  private:
+  BlockId checked(BlockId block) const;
   void unlink(BlockId block);
   void push_back(BlockId block);
+  BlockId sentinel() const { return num_blocks(); }
 
   std::vector<int32_t> ref_count_;
   std::vector<BlockHash> hash_;

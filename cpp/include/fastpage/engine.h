@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "fastpage/config.h"
@@ -62,12 +64,21 @@ class Engine {
   const EngineConfig& config() const { return config_; }
 
  private:
+  void collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits,
+                               const std::vector<std::pair<int64_t, int64_t>>& prompt_rows);
+  bool all_finished(const Request& request) const;
+
   ModelConfig model_config_;
   EngineConfig config_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<Scheduler> scheduler_;
   Sampler sampler_;
   uint64_t next_seed_;
+  // Prompt logprobs gathered over a prompt's chunks, handed out with the first sampled token.
+  std::unordered_map<std::string, std::vector<TokenLogprobs>> pending_prompt_logprobs_;
+  std::unordered_set<std::string> prompt_logprobs_done_;  // not again after a recompute preemption
+  int64_t num_prompt_tokens_ = 0;
+  int64_t num_generation_tokens_ = 0;
 };
 
 }  // namespace fastpage

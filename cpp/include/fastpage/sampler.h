@@ -1,5 +1,11 @@
 // Turns logits into tokens: penalties, biases, masks, temperature, top-k/top-p/min-p, seeded draws,
 // and logprobs. Every draw depends only on (seed, position), never on the rest of the batch.
+//
+// Per row, on a float32 copy of its logits (vLLM's order): allowed_token_ids mask, logit_bias,
+// bad_words, min_tokens (bans stop_token_ids, and eos_token_ids unless ignore_eos), repetition
+// penalty (prompt + output), frequency and presence penalties (output). Then greedy rows take the
+// argmax; the others divide by temperature, keep tokens by min_p, top_k and top_p, and draw with the
+// Gumbel-max trick over counter-based noise keyed by (seed, position, token id).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -13,7 +19,7 @@ namespace fastpage {
 struct SamplingRow {
   int64_t logits_row = 0;  // row of the logits tensor (rows may repeat: n > 1 samples one row n times)
   const SamplingParams* params = nullptr;
-  const std::vector<int32_t>* token_ids = nullptr;  // prompt + output so far
+  const std::vector<int32_t>* token_ids = nullptr;  // prompt + output so far (null: none)
   int32_t num_prompt_tokens = 0;
   const std::vector<int32_t>* eos_token_ids = nullptr;  // banned with stop_token_ids before min_tokens
   uint64_t seed = 0;       // the sequence's stream
@@ -23,20 +29,30 @@ struct SamplingRow {
 struct TokenLogprobs {
   int32_t token = 0;
   float logprob = 0.0f;  // of the raw model distribution (vLLM's default)
-  int32_t rank = 0;      // 1 = most likely
+  int32_t rank = 0;      // 1 = most likely (ties count as better); 0 = not computed
   std::vector<int32_t> top_ids;  // the k most likely, best first (k = params.logprobs)
   std::vector<float> top_logprobs;
 };
 
 struct SampleResult {
   std::vector<int32_t> tokens;
-  std::vector<TokenLogprobs> logprobs;  // one per row; top_* filled only where asked for
+  // One per row. logprob and rank are filled for rows that want them (see wants_logprobs), top_*
+  // where params.logprobs > 0; other rows carry only the token.
+  std::vector<TokenLogprobs> logprobs;
 };
+
+// Rows whose sampled token's logprob is computed: asked for (logprobs), or needed by the engine to
+// rank sequences by cumulative logprob (best_of > n, beam search).
+bool wants_logprobs(const SamplingParams& params);
 
 class Sampler {
  public:
+  // logits: [num_logits_rows, vocab], any floating dtype and device (sampled on the CPU here).
+  // Throws std::invalid_argument for a logits_row or a token id (logit_bias, allowed_token_ids,
+  // bad_words, stop/eos ids, penalised token_ids) outside the tensor or the vocabulary.
   SampleResult sample(const at::Tensor& logits, const std::vector<SamplingRow>& rows) const;
-  // Logprobs of given tokens under each logits row (prompt_logprobs, beam search).
+  // Logprobs of given tokens under each logits row (prompt_logprobs, beam search): tokens[i] is
+  // scored under row i; num_top < 0 means the whole vocabulary.
   static std::vector<TokenLogprobs> score(const at::Tensor& logits, const std::vector<int32_t>& tokens,
                                           int32_t num_top);
 };

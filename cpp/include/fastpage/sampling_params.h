@@ -10,7 +10,7 @@ namespace fastpage {
 struct SamplingParams {
   int32_t n = 1;
   int32_t best_of = 1;  // >= n; the engine runs best_of sequences
-  float temperature = 1.0f;  // 0 = greedy
+  float temperature = 1.0f;  // below 1e-5 (vLLM's _SAMPLING_EPS) = greedy
   float top_p = 1.0f;
   int32_t top_k = 0;  // 0 or -1: off
   float min_p = 0.0f;
@@ -31,7 +31,7 @@ struct SamplingParams {
   int32_t beam_width = 0;
   float length_penalty = 1.0f;
 
-  bool greedy() const { return temperature == 0.0f; }
+  bool greedy() const { return temperature < 1e-5f; }
 };
 
 }  // namespace fastpage

@@ -24,13 +24,23 @@ struct SampledToken {
 struct FinishedSeq {
   int64_t seq_id = -1;
   FinishReason reason = FinishReason::None;
-  int32_t stop_token = -1;
+  int32_t stop_token = -1;  // the stop_token_ids entry that ended it; -1 for EOS and Length
 };
 
+// One step, in order: running sequences (in (priority, arrival) order: decodes, or the next chunk of
+// a chunked prefill), then swapped ones come back, then waiting ones are admitted, all within
+// max_num_batched_tokens and max_num_seqs. Nothing is swapped in or admitted in a step that had
+// to preempt. The victim of a preemption is the running sequence with the largest
+// (priority, arrival): by swap when the host pool has room, else by recompute.
+// Calls are serialized by an internal mutex; references returned by sequence()/request_of() stay
+// valid until the next schedule() (a request is erased at the first schedule() after it finished).
 class Scheduler {
  public:
+  // Throws std::invalid_argument on a bad configuration (non-positive sizes, or with chunked
+  // prefill disabled a token budget smaller than max_model_len).
   Scheduler(const EngineConfig& config, int64_t max_model_len, int32_t num_device_blocks,
             int32_t num_host_blocks);
+  ~Scheduler();
 
   // Throws std::invalid_argument on an empty prompt, a duplicate id, or a prompt that can never fit.
   void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
@@ -42,9 +52,11 @@ class Scheduler {
   // Decides the next step and advances num_computed_tokens of what it scheduled.
   StepPlan schedule();
   // Appends sampled tokens, finishes sequences (EOS, stop ids, max_tokens, min_tokens, ignore_eos,
-  // max_model_len) and frees their blocks. Returns the sequences that finished in this call.
+  // max_model_len, or a length the whole device pool cannot hold) and frees their blocks.
+  // Returns the sequences that finished in this call.
   std::vector<FinishedSeq> update(const std::vector<SampledToken>& tokens);
-  // Shares all of seq_id's blocks with a new sequence of the same request (n > 1, beam search).
+  // Shares all of seq_id's blocks with a new Running sequence of the same request (n > 1, beam
+  // search); the fork runs right after its request's other sequences. Returns its seq_id.
   int64_t fork(int64_t seq_id);
   // Ends one sequence early (stop string, beam pruned) and frees its blocks.
   void finish_sequence(int64_t seq_id, FinishReason reason);
@@ -55,19 +67,23 @@ class Scheduler {
   int32_t num_swapped() const;
   int64_t num_preemptions() const;
 
+  // Throw std::out_of_range for an unknown (or already erased) id.
   const Sequence& sequence(int64_t seq_id) const;
   const Request& request_of(int64_t seq_id) const;
   std::optional<int64_t> request_index(const std::string& request_id) const;
+  const Request* find_request(const std::string& request_id) const;  // nullptr when unknown
 
   BlockAllocator& device_blocks();
   const BlockAllocator& device_blocks() const;
+  const BlockAllocator& host_blocks() const;
   const PrefixCache& prefix_cache() const;
   void reset_prefix_cache();
-  // free + used == total, refcounts >= 0, and (when idle) every block free.
+  // free + used == total, refcounts >= 0 and equal to the references the sequences hold, queues
+  // consistent with statuses, and (when idle) every block free. Throws std::logic_error.
   void check_invariants() const;
 
  private:
-  // Implementation detail owned by scheduler.cpp.
+  // Implementation detail owned by cpp/src/scheduler/.
   struct State;
   std::unique_ptr<State> state_;
 };

@@ -1,0 +1,274 @@
+// Varlen paged attention on the CPU: decode (one new token) and prefill chunks (many new tokens over
+// a cached prefix) in one kernel. Each work item is (sequence, kv head, tile of new tokens): the
+// query heads that share the kv head are processed together, so every key/value row is loaded and
+// converted once per tile and reused by all of them (grouped-query attention). Keys are visited in
+// chunks with an online softmax, so memory stays O(tile) whatever the context length.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace fastpage::kernels::cpu {
+namespace {
+
+constexpr int64_t kRowsPerTile = 32;  // query rows (tokens x heads of a group) per work item
+constexpr int64_t kKeyChunk = 64;     // keys scored before one softmax rescale
+
+struct WorkItem {
+  int64_t seq;
+  int64_t kv_head;
+  int64_t token_begin;  // tile of the sequence's new tokens, relative to its first new token
+  int64_t token_end;
+};
+
+struct Geometry {
+  int64_t num_q_heads, num_kv_heads, group, head_dim, block_size, max_blocks;
+  int64_t q_token_stride, q_head_stride, out_token_stride, out_head_stride;
+};
+
+// Scratch of one thread, sized for the largest tile.
+struct Scratch {
+  std::vector<float> query, acc, scores, keys, values, row_max, row_sum;
+  std::vector<int64_t> num_valid;
+  Scratch(int64_t rows, int64_t head_dim)
+      : query(rows * head_dim), acc(rows * head_dim), scores(rows * kKeyChunk),
+        keys(kKeyChunk * head_dim), values(kKeyChunk * head_dim), row_max(rows), row_sum(rows),
+        num_valid(rows) {}
+};
+
+// acc += sum_k p[k] * v_rows[k]. Sixteen outputs at a time stay in registers across all the keys,
+// so acc is loaded and stored once per chunk rather than once per key.
+void accumulate_values(float* acc, const float* p, const float* const* v_rows, int64_t num_keys,
+                       int64_t D) {
+  constexpr int64_t kWidth = 16;
+  int64_t d0 = 0;
+  for (; d0 + kWidth <= D; d0 += kWidth) {
+    float sum[kWidth];
+    for (int64_t l = 0; l < kWidth; ++l) sum[l] = acc[d0 + l];
+    for (int64_t k = 0; k < num_keys; ++k) {
+      const float* v = v_rows[k] + d0;
+      for (int64_t l = 0; l < kWidth; ++l) sum[l] += p[k] * v[l];
+    }
+    for (int64_t l = 0; l < kWidth; ++l) acc[d0 + l] = sum[l];
+  }
+  for (; d0 < D; ++d0) {
+    for (int64_t k = 0; k < num_keys; ++k) acc[d0] += p[k] * v_rows[k][d0];
+  }
+}
+
+template <typename scalar_t>
+void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
+                 const scalar_t* key_cache, const scalar_t* value_cache, scalar_t* out,
+                 const int32_t* query_start_loc, const int32_t* context_lens,
+                 const int32_t* block_tables, float scale, Scratch& scratch) {
+  const int64_t D = g.head_dim;
+  const int64_t q_start = query_start_loc[item.seq];
+  const int64_t q_len = query_start_loc[item.seq + 1] - q_start;
+  const int64_t first_position = context_lens[item.seq] - q_len;  // position of new token 0
+  const int32_t* block_table = block_tables + item.seq * g.max_blocks;
+  const int64_t num_tokens = item.token_end - item.token_begin;
+  const int64_t rows = num_tokens * g.group;
+  const int64_t kv_token_stride = g.num_kv_heads * D;
+
+  // Row r = (token t, head hh of the group): scaled query in float, empty accumulators.
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t hh = 0; hh < g.group; ++hh) {
+      const int64_t r = t * g.group + hh;
+      const scalar_t* q = query + (q_start + item.token_begin + t) * g.q_token_stride +
+                          (item.kv_head * g.group + hh) * g.q_head_stride;
+      float* q_row = scratch.query.data() + r * D;
+      for (int64_t d = 0; d < D; ++d) q_row[d] = static_cast<float>(q[d]) * scale;
+    }
+  }
+  std::fill_n(scratch.acc.begin(), rows * D, 0.f);
+  std::fill_n(scratch.row_max.begin(), rows, -std::numeric_limits<float>::infinity());
+  std::fill_n(scratch.row_sum.begin(), rows, 0.f);
+
+  // Causal: token t sees keys [0, first_position + token_begin + t]; the tile's last token the most.
+  const int64_t keys_end = first_position + item.token_end;
+  for (int64_t chunk_begin = 0; chunk_begin < keys_end; chunk_begin += kKeyChunk) {
+    const int64_t chunk_len = std::min(kKeyChunk, keys_end - chunk_begin);
+    const float* key_rows[kKeyChunk];
+    const float* value_rows[kKeyChunk];
+    for (int64_t k = 0; k < chunk_len; ++k) {
+      const int64_t position = chunk_begin + k;
+      const int64_t slot =
+          static_cast<int64_t>(block_table[position / g.block_size]) * g.block_size +
+          position % g.block_size;
+      const int64_t offset = slot * kv_token_stride + item.kv_head * D;
+      key_rows[k] = as_float_row(key_cache + offset, scratch.keys.data() + k * D, D);
+      value_rows[k] = as_float_row(value_cache + offset, scratch.values.data() + k * D, D);
+    }
+
+    // Scores, then the online-softmax update of each row's running max and sum.
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t token = item.token_begin + r / g.group;
+      const int64_t num_valid =
+          std::clamp<int64_t>(first_position + token + 1 - chunk_begin, 0, chunk_len);
+      scratch.num_valid[r] = num_valid;
+      if (num_valid == 0) continue;
+      const float* q_row = scratch.query.data() + r * D;
+      float* scores = scratch.scores.data() + r * kKeyChunk;
+      float chunk_max = -std::numeric_limits<float>::infinity();
+      for (int64_t k = 0; k < num_valid; ++k) {
+        scores[k] = dot(q_row, key_rows[k], D);
+        chunk_max = std::max(chunk_max, scores[k]);
+      }
+      const float new_max = std::max(scratch.row_max[r], chunk_max);
+      if (new_max > scratch.row_max[r]) {
+        const float correction = std::exp(scratch.row_max[r] - new_max);
+        scratch.row_sum[r] *= correction;
+        float* acc = scratch.acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] *= correction;
+        scratch.row_max[r] = new_max;
+      }
+      float sum = 0.f;
+      for (int64_t k = 0; k < num_valid; ++k) {
+        scores[k] = std::exp(scores[k] - new_max);
+        sum += scores[k];
+      }
+      scratch.row_sum[r] += sum;
+    }
+
+    for (int64_t r = 0; r < rows; ++r) {
+      accumulate_values(scratch.acc.data() + r * D, scratch.scores.data() + r * kKeyChunk,
+                        value_rows, scratch.num_valid[r], D);
+    }
+  }
+
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t hh = 0; hh < g.group; ++hh) {
+      const int64_t r = t * g.group + hh;
+      scalar_t* o = out + (q_start + item.token_begin + t) * g.out_token_stride +
+                    (item.kv_head * g.group + hh) * g.out_head_stride;
+      const float inv_sum = 1.f / scratch.row_sum[r];
+      const float* acc = scratch.acc.data() + r * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv_sum);
+    }
+  }
+}
+
+void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, "fastpage.paged_attention: ", name,
+              " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "fastpage.paged_attention: ", name, " must have ", dim,
+              " dims, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "fastpage.paged_attention: ", name, " must be contiguous");
+}
+
+}  // namespace
+
+void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                     const at::Tensor& value_cache, const at::Tensor& query_start_loc,
+                     const at::Tensor& context_lens, const at::Tensor& block_tables, double scale,
+                     int64_t max_query_len, int64_t max_context_len) {
+  constexpr const char* op = "fastpage.paged_attention: ";
+  check_float_dtype(query, op, "query");
+  TORCH_CHECK(query.dim() == 3, op, "query must be [num_tokens, num_heads, head_dim], got ",
+              query.sizes());
+  TORCH_CHECK(out.sizes() == query.sizes(), op, "out shape ", out.sizes(),
+              " must equal query shape ", query.sizes());
+  TORCH_CHECK(query.stride(2) == 1 && out.stride(2) == 1, op,
+              "query and out must be contiguous in head_dim");
+  TORCH_CHECK(key_cache.dim() == 4, op,
+              "key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got ",
+              key_cache.sizes());
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, "value_cache shape ",
+              value_cache.sizes(), " must equal key_cache shape ", key_cache.sizes());
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op,
+              "key_cache and value_cache must be contiguous");
+  for (const at::Tensor* t : {&out, &key_cache, &value_cache}) {
+    TORCH_CHECK(t->scalar_type() == query.scalar_type(), op,
+                "out, key_cache and value_cache must have the query dtype ", query.scalar_type(),
+                ", got ", t->scalar_type());
+  }
+  check_index_tensor(query_start_loc, "query_start_loc", 1);
+  check_index_tensor(context_lens, "context_lens", 1);
+  check_index_tensor(block_tables, "block_tables", 2);
+
+  Geometry g{};
+  g.num_q_heads = query.size(1);
+  g.head_dim = query.size(2);
+  g.num_kv_heads = key_cache.size(2);
+  g.block_size = key_cache.size(1);
+  g.max_blocks = block_tables.size(1);
+  TORCH_CHECK(key_cache.size(3) == g.head_dim, op, "key_cache head_dim ", key_cache.size(3),
+              " != query head_dim ", g.head_dim);
+  TORCH_CHECK(g.num_kv_heads > 0 && g.num_q_heads % g.num_kv_heads == 0, op, "num_heads ",
+              g.num_q_heads, " must be a multiple of num_kv_heads ", g.num_kv_heads);
+  g.group = g.num_q_heads / g.num_kv_heads;
+  g.q_token_stride = query.stride(0);
+  g.q_head_stride = query.stride(1);
+  g.out_token_stride = out.stride(0);
+  g.out_head_stride = out.stride(1);
+
+  const int64_t num_seqs = context_lens.size(0);
+  const int64_t num_tokens = query.size(0);
+  const int64_t num_blocks = key_cache.size(0);
+  TORCH_CHECK(query_start_loc.size(0) == num_seqs + 1, op, "query_start_loc has ",
+              query_start_loc.size(0), " entries, expected num_seqs + 1 = ", num_seqs + 1);
+  TORCH_CHECK(block_tables.size(0) == num_seqs, op, "block_tables has ", block_tables.size(0),
+              " rows, expected num_seqs = ", num_seqs);
+
+  // Validate every sequence up front: the kernel below reads the cache through these indices.
+  const int32_t* starts = query_start_loc.data_ptr<int32_t>();
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  TORCH_CHECK(num_seqs == 0 || starts[0] == 0, op, "query_start_loc[0] must be 0");
+  TORCH_CHECK(starts[num_seqs] <= num_tokens, op, "query_start_loc[-1] = ", starts[num_seqs],
+              " exceeds num_tokens ", num_tokens);
+  const int64_t tokens_per_tile = std::max<int64_t>(1, kRowsPerTile / g.group);
+  std::vector<WorkItem> items;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const int64_t q_len = starts[s + 1] - starts[s];
+    const int64_t ctx = lens[s];
+    TORCH_CHECK(q_len >= 0, op, "query_start_loc must be non-decreasing (sequence ", s, ")");
+    TORCH_CHECK(q_len <= ctx, op, "sequence ", s, " has ", q_len,
+                " new tokens but context_lens = ", ctx, " (context_lens counts the new tokens)");
+    TORCH_CHECK(q_len <= max_query_len && ctx <= max_context_len, op, "sequence ", s,
+                " (q_len ", q_len, ", context_len ", ctx, ") exceeds max_query_len ",
+                max_query_len, " / max_context_len ", max_context_len);
+    const int64_t used_blocks = (ctx + g.block_size - 1) / g.block_size;
+    TORCH_CHECK(used_blocks <= g.max_blocks, op, "sequence ", s, " needs ", used_blocks,
+                " blocks but block_tables has ", g.max_blocks, " columns");
+    for (int64_t b = 0; b < used_blocks; ++b) {
+      const int32_t block = tables[s * g.max_blocks + b];
+      TORCH_CHECK(block >= 0 && block < num_blocks, op, "block_tables[", s, ", ", b, "] = ", block,
+                  " is outside the cache's ", num_blocks, " blocks");
+    }
+    for (int64_t begin = 0; begin < q_len; begin += tokens_per_tile) {
+      for (int64_t h = 0; h < g.num_kv_heads; ++h) {
+        items.push_back({s, h, begin, std::min(q_len, begin + tokens_per_tile)});
+      }
+    }
+  }
+  // Later tiles of a prefill see more keys. parallel_for hands each thread a contiguous range, so
+  // interleave cheap and expensive items (first, last, second, second to last, ...) to balance it.
+  std::vector<WorkItem> order;
+  order.reserve(items.size());
+  for (size_t lo = 0, hi = items.size(); lo < hi;) {
+    order.push_back(items[lo++]);
+    if (lo < hi) order.push_back(items[--hi]);
+  }
+
+  const int64_t rows_per_tile = tokens_per_tile * g.group;
+  FASTPAGE_DISPATCH_FLOAT_TYPES(query.scalar_type(), "fastpage_paged_attention", [&] {
+    const scalar_t* q = query.const_data_ptr<scalar_t>();
+    const scalar_t* k = key_cache.const_data_ptr<scalar_t>();
+    const scalar_t* v = value_cache.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, static_cast<int64_t>(order.size()), 1, [&](int64_t begin, int64_t end) {
+      Scratch scratch(rows_per_tile, g.head_dim);
+      for (int64_t i = begin; i < end; ++i) {
+        attend_tile<scalar_t>(order[i], g, q, k, v, o, starts, lens, tables,
+                              static_cast<float>(scale), scratch);
+      }
+    });
+  });
+}
+
+}  // namespace fastpage::kernels::cpu

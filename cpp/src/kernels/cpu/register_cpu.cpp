@@ -1,0 +1,16 @@
+// Registers the CPU kernels for torch.ops.fastpage.* (schemas in cpp/src/ops/registry.cpp).
+#include <torch/library.h>
+
+#include "cpu_kernels.h"
+
+TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
+  namespace cpu = fastpage::kernels::cpu;
+  m.impl("reshape_and_cache", &cpu::reshape_and_cache);
+  m.impl("paged_attention", &cpu::paged_attention);
+  m.impl("rms_norm", &cpu::rms_norm);
+  m.impl("fused_add_rms_norm", &cpu::fused_add_rms_norm);
+  m.impl("rotary_embedding", &cpu::rotary_embedding);
+  m.impl("silu_and_mul", &cpu::silu_and_mul);
+  m.impl("copy_blocks", &cpu::copy_blocks);
+  m.impl("swap_blocks", &cpu::swap_blocks);
+}

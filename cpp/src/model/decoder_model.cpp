@@ -1,0 +1,222 @@
+#include "decoder_model.h"
+
+#include <ATen/ops/add.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/relu.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "fastpage/ops.h"
+#include "rope.h"
+
+namespace fastpage {
+namespace {
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Hands out the weights by canonical name, checking shapes, and reports any left unused.
+class WeightTaker {
+ public:
+  WeightTaker(WeightMap weights, c10::Device device, c10::ScalarType dtype)
+      : weights_(std::move(weights)), device_(device), dtype_(dtype) {}
+
+  at::Tensor take(const std::string& name, std::vector<int64_t> shape) {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) throw std::invalid_argument("missing weight '" + name + "'");
+    at::Tensor w = std::move(it->second);
+    weights_.erase(it);
+    if (w.sizes() != at::IntArrayRef(shape)) {
+      throw std::invalid_argument("weight '" + name + "' has shape " + shape_str(w.sizes()) +
+                                  ", expected " + shape_str(shape));
+    }
+    w = w.to(device_, dtype_).contiguous();
+    bytes_ += w.nbytes();
+    return w;
+  }
+  at::Tensor take_if(bool present, const std::string& name, std::vector<int64_t> shape) {
+    return present ? take(name, std::move(shape)) : at::Tensor();
+  }
+  void expect_all_taken() const {
+    if (weights_.empty()) return;
+    std::string names;
+    for (const auto& [name, _] : weights_) names += (names.empty() ? "" : ", ") + name;
+    throw std::invalid_argument("unexpected weights for this model config: " + names);
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  WeightMap weights_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  int64_t bytes_ = 0;
+};
+
+void check_config(const ModelConfig& c) {
+  const auto positive = [](int64_t v, const char* name) {
+    if (v <= 0) throw std::invalid_argument(std::string("ModelConfig.") + name + " must be positive");
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.hidden_size, "hidden_size");
+  positive(c.num_layers, "num_layers");
+  positive(c.num_heads, "num_heads");
+  positive(c.num_kv_heads, "num_kv_heads");
+  positive(c.head_dim, "head_dim");
+  positive(c.intermediate_size, "intermediate_size");
+  positive(c.max_position_embeddings, "max_position_embeddings");
+  if (c.num_heads % c.num_kv_heads != 0) {
+    throw std::invalid_argument("ModelConfig.num_heads must be a multiple of num_kv_heads");
+  }
+  if (c.gated_mlp && c.activation != Activation::SiLU) {
+    throw std::invalid_argument("ModelConfig.gated_mlp supports only the SiLU activation");
+  }
+  if (c.qk_norm && c.norm_type != NormType::RMSNorm) {
+    throw std::invalid_argument("ModelConfig.qk_norm requires norm_type RMSNorm");
+  }
+}
+
+}  // namespace
+
+DecoderModel::DecoderModel(const ModelConfig& config, WeightMap weights, c10::Device device,
+                           c10::ScalarType dtype, int64_t max_positions)
+    : config_(config), attn_scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))) {
+  check_config(config);
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size;
+  const int64_t q_size = c.num_heads * c.head_dim;
+  const int64_t kv_size = c.num_kv_heads * c.head_dim;
+  const bool layer_norm = c.norm_type == NormType::LayerNorm;
+  WeightTaker w(std::move(weights), device, dtype);
+  const auto norm = [&](const std::string& name) {
+    return Norm{w.take(name + ".weight", {hidden}), w.take_if(layer_norm, name + ".bias", {hidden})};
+  };
+
+  embed_tokens_ = w.take("embed_tokens.weight", {c.vocab_size, hidden});
+  if (c.position_type == PositionType::Learned) {
+    // OPT keeps two extra rows in front: position p reads row p + learned_position_offset.
+    embed_positions_ = w.take("embed_positions.weight",
+                              {c.max_position_embeddings + c.learned_position_offset, hidden});
+  }
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    Layer layer;
+    layer.input_norm = norm(p + "input_norm");
+    layer.qkv_weight = w.take(p + "qkv_proj.weight", {q_size + 2 * kv_size, hidden});
+    layer.qkv_bias = w.take_if(c.qkv_bias, p + "qkv_proj.bias", {q_size + 2 * kv_size});
+    layer.q_norm = w.take_if(c.qk_norm, p + "q_norm.weight", {c.head_dim});
+    layer.k_norm = w.take_if(c.qk_norm, p + "k_norm.weight", {c.head_dim});
+    layer.o_weight = w.take(p + "o_proj.weight", {hidden, q_size});
+    layer.o_bias = w.take_if(c.o_bias, p + "o_proj.bias", {hidden});
+    layer.post_attn_norm = norm(p + "post_attn_norm");
+    if (c.gated_mlp) {
+      layer.gate_up_weight = w.take(p + "gate_up_proj.weight", {2 * c.intermediate_size, hidden});
+    } else {
+      layer.up_weight = w.take(p + "up_proj.weight", {c.intermediate_size, hidden});
+      layer.up_bias = w.take_if(c.mlp_bias, p + "up_proj.bias", {c.intermediate_size});
+    }
+    layer.down_weight = w.take(p + "down_proj.weight", {hidden, c.intermediate_size});
+    layer.down_bias = w.take_if(c.mlp_bias, p + "down_proj.bias", {hidden});
+    layers_.push_back(std::move(layer));
+  }
+  final_norm_ = norm("final_norm");
+  lm_head_ = c.tie_word_embeddings ? embed_tokens_ : w.take("lm_head.weight", {c.vocab_size, hidden});
+  w.expect_all_taken();
+  weight_bytes_ = w.bytes();
+
+  if (c.position_type == PositionType::Rotary) {
+    cos_sin_cache_ = build_cos_sin_cache(c, max_positions).to(device, dtype);
+  }
+}
+
+at::Tensor DecoderModel::embed(const ForwardInputs& in) const {
+  at::Tensor x = at::embedding(embed_tokens_, in.input_ids);
+  if (embed_positions_.defined()) {
+    at::Tensor rows = config_.learned_position_offset ? at::add(in.positions, config_.learned_position_offset)
+                                                      : in.positions;
+    x.add_(at::embedding(embed_positions_, rows));
+  }
+  return x;
+}
+
+at::Tensor DecoderModel::add_and_norm(at::Tensor& hidden, at::Tensor& residual, const Norm& norm) const {
+  const bool first = !residual.defined();
+  if (first) residual = hidden;
+  if (config_.norm_type == NormType::RMSNorm) {
+    if (first) return ops::rms_norm(residual, norm.weight, config_.norm_eps);
+    ops::fused_add_rms_norm(hidden, residual, norm.weight, config_.norm_eps);
+    return hidden;
+  }
+  if (!first) residual.add_(hidden);
+  return at::layer_norm(residual, {config_.hidden_size}, norm.weight, norm.bias, config_.norm_eps);
+}
+
+at::Tensor DecoderModel::attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
+                                   const ForwardInputs& in, const KVCache& cache) const {
+  const ModelConfig& c = config_;
+  const int64_t num_tokens = x.size(0);
+  const int64_t q_size = c.num_heads * c.head_dim;
+  const int64_t kv_size = c.num_kv_heads * c.head_dim;
+  at::Tensor qkv = at::linear(x, layer.qkv_weight, layer.qkv_bias);
+  // Views into qkv (row stride q_size + 2 * kv_size): no copies on the way to the kernels.
+  at::Tensor q = qkv.narrow(1, 0, q_size).view({num_tokens, c.num_heads, c.head_dim});
+  at::Tensor k = qkv.narrow(1, q_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
+  at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
+  if (c.qk_norm) {
+    q = ops::rms_norm(q, layer.q_norm, c.norm_eps);
+    k = ops::rms_norm(k, layer.k_norm, c.norm_eps);
+  }
+  if (c.position_type == PositionType::Rotary) {
+    ops::rotary_embedding(in.positions, q, k, cos_sin_cache_, c.head_dim);
+  }
+  const at::Tensor& key_cache = cache.key(layer_index);
+  const at::Tensor& value_cache = cache.value(layer_index);
+  ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
+  at::Tensor out = at::empty({num_tokens, c.num_heads, c.head_dim}, q.options());
+  ops::paged_attention(out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
+                       in.block_tables, attn_scale_, in.max_query_len, in.max_context_len);
+  return at::linear(out.view({num_tokens, q_size}), layer.o_weight, layer.o_bias);
+}
+
+at::Tensor DecoderModel::mlp(const Layer& layer, const at::Tensor& x) const {
+  if (config_.gated_mlp) {
+    at::Tensor gate_up = at::linear(x, layer.gate_up_weight);
+    return at::linear(ops::silu_and_mul(gate_up), layer.down_weight);
+  }
+  at::Tensor up = at::linear(x, layer.up_weight, layer.up_bias);
+  switch (config_.activation) {
+    case Activation::GeluTanh: at::gelu_(up, "tanh"); break;
+    case Activation::Gelu: at::gelu_(up, "none"); break;
+    case Activation::ReLU: at::relu_(up); break;
+    case Activation::SiLU: throw std::invalid_argument("SiLU needs gated_mlp");
+  }
+  return at::linear(up, layer.down_weight, layer.down_bias);
+}
+
+at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) const {
+  at::Tensor hidden = embed(in);
+  at::Tensor residual;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = layers_[i];
+    at::Tensor x = add_and_norm(hidden, residual, layer.input_norm);
+    hidden = attention(layer, static_cast<int64_t>(i), x, in, cache);
+    x = add_and_norm(hidden, residual, layer.post_attn_norm);
+    hidden = mlp(layer, x);
+  }
+  // Only the rows that need logits go through the final norm and the lm_head.
+  at::Tensor last_hidden = hidden.index_select(0, in.logits_indices);
+  at::Tensor last_residual = residual.index_select(0, in.logits_indices);
+  at::Tensor normed = add_and_norm(last_hidden, last_residual, final_norm_);
+  return at::linear(normed, lm_head_).to(at::kFloat);
+}
+
+}  // namespace fastpage

@@ -1,0 +1,42 @@
+// The paged KV cache: one tensor per device holding every layer's K and V blocks.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <vector>
+
+#include "fastpage/config.h"
+
+namespace fastpage {
+
+// Layout [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; key(l) / value(l) are
+// views [num_blocks, block_size, num_kv_heads, head_dim] made once, so the layer loop allocates
+// nothing to reach them. The host cache (swap space) has the same layout with num_host_blocks.
+struct KVCache {
+  at::Tensor device_cache;
+  at::Tensor host_cache;  // undefined when swapping is off
+  std::vector<at::Tensor> key_views;
+  std::vector<at::Tensor> value_views;
+  std::vector<at::Tensor> all_views;  // K and V of every layer, for copy_blocks
+  int64_t num_device_blocks = 0;
+  int64_t num_host_blocks = 0;
+  int64_t bytes_per_block = 0;
+
+  KVCache(const ModelConfig& model, int64_t block_size, int64_t num_device_blocks,
+          int64_t num_host_blocks, c10::Device device, c10::ScalarType dtype);
+
+  const at::Tensor& key(int64_t layer) const { return key_views[layer]; }
+  const at::Tensor& value(int64_t layer) const { return value_views[layer]; }
+};
+
+// Bytes one block takes across all layers, K and V.
+int64_t kv_bytes_per_block(const ModelConfig& model, int64_t block_size, c10::ScalarType dtype);
+
+// How many device blocks to allocate: num_gpu_blocks when set; else the CPU budget
+// (cpu_kv_cache_bytes), or on CUDA gpu_memory_utilization of total memory minus what is already in
+// use (the weights, loaded before this is called) and an estimate of the forward pass's activations.
+int64_t plan_num_device_blocks(const ModelConfig& model, const EngineConfig& engine,
+                               c10::Device device, c10::ScalarType dtype);
+
+}  // namespace fastpage

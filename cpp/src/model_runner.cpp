@@ -1,0 +1,135 @@
+#include "fastpage/model_runner.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "fastpage/ops.h"
+#include "model/decoder_model.h"
+#include "model/kv_cache.h"
+
+namespace fastpage {
+namespace {
+
+// One host->device copy per input (on CPU the tensor aliases the plan's vector: no copy at all).
+template <typename T>
+at::Tensor to_device(const std::vector<T>& values, std::vector<int64_t> shape, c10::ScalarType dtype,
+                     c10::Device device) {
+  if (values.empty()) return at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
+  at::Tensor host = at::from_blob(const_cast<T*>(values.data()), shape, at::TensorOptions().dtype(dtype));
+  return host.to(device);
+}
+
+at::Tensor block_pairs(const std::vector<std::pair<BlockId, BlockId>>& pairs, c10::Device device) {
+  std::vector<int64_t> flat;
+  flat.reserve(pairs.size() * 2);
+  for (const auto& [src, dst] : pairs) {
+    flat.push_back(src);
+    flat.push_back(dst);
+  }
+  at::Tensor host = at::from_blob(flat.data(), {static_cast<int64_t>(pairs.size()), 2}, at::kLong);
+  return host.to(device, /*non_blocking=*/false, /*copy=*/true);
+}
+
+void check_plan(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+  const size_t num_tokens = plan.input_ids.size();
+  const size_t num_seqs = plan.seqs.size();
+  const auto expect = [](bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(std::string("StepPlan: ") + what);
+  };
+  expect(plan.positions.size() == num_tokens, "positions must have one entry per input token");
+  expect(plan.slot_mapping.size() == num_tokens, "slot_mapping must have one entry per input token");
+  expect(plan.query_start_loc.size() == num_seqs + 1, "query_start_loc must have num_seqs + 1 entries");
+  expect(plan.context_lens.size() == num_seqs, "context_lens must have one entry per seq");
+  expect(plan.block_tables.size() == num_seqs * static_cast<size_t>(plan.max_blocks_per_seq),
+         "block_tables must be num_seqs x max_blocks_per_seq");
+  expect(num_seqs == 0 || plan.query_start_loc.back() == static_cast<int32_t>(num_tokens),
+         "query_start_loc must end at the number of input tokens");
+  for (int64_t index : logits_indices) {
+    expect(index >= 0 && index < static_cast<int64_t>(num_tokens), "logits index out of range");
+  }
+}
+
+}  // namespace
+
+ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
+                         c10::Device device, c10::ScalarType dtype)
+    : model_config_(model), engine_config_(engine), device_(device), dtype_(dtype) {
+  if (engine.block_size <= 0) throw std::invalid_argument("EngineConfig.block_size must be positive");
+  if (engine.num_cpu_blocks < 0) throw std::invalid_argument("EngineConfig.num_cpu_blocks must be >= 0");
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    throw std::invalid_argument("dtype must be float32, bfloat16 or float16");
+  }
+  c10::InferenceMode guard;
+  const int64_t max_model_len =
+      engine.max_model_len > 0 ? engine.max_model_len : model.max_position_embeddings;
+  model_ = std::make_unique<DecoderModel>(model, std::move(weights), device, dtype,
+                                          std::max(max_model_len, model.max_position_embeddings));
+  const int64_t num_blocks = plan_num_device_blocks(model, engine, device, dtype);
+  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, engine.num_cpu_blocks,
+                                        device, dtype);
+  const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
+  std::fprintf(stderr,
+               "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
+               "%lld host blocks; fits %.2f requests of %lld tokens\n",
+               static_cast<double>(model_->weight_bytes()) / (1 << 20), device.str().c_str(),
+               static_cast<long long>(num_blocks),
+               static_cast<long long>(engine.block_size),
+               static_cast<double>(num_blocks * kv_cache_->bytes_per_block) / (1 << 20),
+               static_cast<long long>(engine.num_cpu_blocks),
+               static_cast<double>(num_blocks) / static_cast<double>(blocks_per_request),
+               static_cast<long long>(max_model_len));
+}
+
+ModelRunner::~ModelRunner() = default;
+
+int32_t ModelRunner::num_device_blocks() const { return static_cast<int32_t>(kv_cache_->num_device_blocks); }
+int32_t ModelRunner::num_host_blocks() const { return static_cast<int32_t>(kv_cache_->num_host_blocks); }
+int64_t ModelRunner::bytes_per_block() const { return kv_cache_->bytes_per_block; }
+
+at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+  check_plan(plan, logits_indices);
+  c10::InferenceMode guard;
+  KVCache& cache = *kv_cache_;
+
+  // Swaps move whole blocks of every layer at once: the caches viewed as [layers * 2, blocks, ...].
+  if (!plan.swap_out.empty() || !plan.swap_in.empty()) {
+    if (!cache.host_cache.defined()) throw std::invalid_argument("StepPlan swaps blocks but num_cpu_blocks is 0");
+    const auto flat = [](const at::Tensor& t) { return t.flatten(0, 1); };
+    if (!plan.swap_out.empty()) {
+      ops::swap_blocks(flat(cache.device_cache), flat(cache.host_cache), block_pairs(plan.swap_out, at::kCPU));
+    }
+    if (!plan.swap_in.empty()) {
+      ops::swap_blocks(flat(cache.host_cache), flat(cache.device_cache), block_pairs(plan.swap_in, at::kCPU));
+    }
+  }
+  if (!plan.block_copies.empty()) {
+    ops::copy_blocks(cache.all_views, block_pairs(plan.block_copies, device_));
+  }
+
+  const int64_t num_tokens = plan.num_tokens();
+  const int64_t num_seqs = static_cast<int64_t>(plan.seqs.size());
+  if (num_tokens == 0) {
+    return at::empty({0, model_config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
+  }
+  ForwardInputs in;
+  in.input_ids = to_device(plan.input_ids, {num_tokens}, at::kInt, device_);
+  in.positions = to_device(plan.positions, {num_tokens}, at::kInt, device_);
+  in.slot_mapping = to_device(plan.slot_mapping, {num_tokens}, at::kLong, device_);
+  in.query_start_loc = to_device(plan.query_start_loc, {num_seqs + 1}, at::kInt, device_);
+  in.context_lens = to_device(plan.context_lens, {num_seqs}, at::kInt, device_);
+  in.block_tables = to_device(plan.block_tables, {num_seqs, plan.max_blocks_per_seq}, at::kInt, device_);
+  in.logits_indices = to_device(logits_indices, {static_cast<int64_t>(logits_indices.size())}, at::kLong, device_);
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    in.max_query_len = std::max<int64_t>(in.max_query_len, plan.query_start_loc[s + 1] - plan.query_start_loc[s]);
+    in.max_context_len = std::max<int64_t>(in.max_context_len, plan.context_lens[s]);
+  }
+  return model_->forward(in, cache);
+}
+
+}  // namespace fastpage

@@ -1,0 +1,133 @@
+"""EngineArgs: how to build an engine, with vLLM's names, and the matching command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+GIB = 1 << 30
+
+
+@dataclasses.dataclass
+class EngineArgs:
+    model: str | None = None  # HF model directory or .gguf file; None: the default model
+    tokenizer: str | None = None  # default: the model's own
+    dtype: str = "auto"
+    max_model_len: int | None = None  # default: the model's context length
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    swap_space: float = 0  # GiB of host memory for swapped-out KV blocks (GPU only); 0: recompute
+    enforce_eager: bool = False
+    seed: int = 0
+    kv_cache_memory_bytes: int | None = None  # fixed KV-cache size instead of gpu_memory_utilization
+    num_gpu_blocks_override: int | None = None
+    max_logprobs: int = 20
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
+            raise ValueError("tensor_parallel_size and pipeline_parallel_size > 1 are not supported yet.")
+        for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes",
+                     "num_gpu_blocks_override"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be non-negative (GiB), got {self.swap_space}.")
+        if self.max_logprobs < 0:
+            raise ValueError(f"max_logprobs must be non-negative, got {self.max_logprobs}.")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def engine_config(self, max_model_len: int, bytes_per_block: int, device: str):
+        """The C++ EngineConfig for a model whose context is `max_model_len` tokens and whose KV
+        cache takes `bytes_per_block` per block."""
+        from fastpage import _C
+
+        config = _C.EngineConfig()
+        config.block_size = self.block_size
+        config.gpu_memory_utilization = self.gpu_memory_utilization
+        config.max_num_seqs = self.max_num_seqs
+        config.max_model_len = max_model_len
+        config.enable_prefix_caching = self.enable_prefix_caching
+        config.enable_chunked_prefill = self.enable_chunked_prefill
+        config.enforce_eager = self.enforce_eager
+        config.seed = self.seed
+        config.max_logprobs = self.max_logprobs
+        batched = self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        if not self.enable_chunked_prefill:
+            batched = max(batched, max_model_len)  # a whole prompt must fit in one step
+        config.max_num_batched_tokens = batched
+        on_cpu = device.startswith("cpu")
+        if self.num_gpu_blocks_override is not None:
+            config.num_gpu_blocks = self.num_gpu_blocks_override
+        elif self.kv_cache_memory_bytes is not None:
+            if on_cpu:
+                config.cpu_kv_cache_bytes = self.kv_cache_memory_bytes
+            else:
+                config.num_gpu_blocks = max(1, self.kv_cache_memory_bytes // bytes_per_block)
+        if not on_cpu:
+            config.num_cpu_blocks = int(self.swap_space * GIB) // bytes_per_block
+        return config
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
+        """Adds vLLM's flags (--max-model-len, ...). With model_positional, MODEL is an optional
+        positional argument (`fastpage serve MODEL`); --model works either way."""
+        defaults = EngineArgs()
+        if model_positional:
+            parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                                help="HF model directory or .gguf file (default: the bundled model)")
+        parser.add_argument("--model", default=None, help="HF model directory or .gguf file")
+        parser.add_argument("--tokenizer", default=None, help="tokenizer directory or .gguf (default: the model's)")
+        parser.add_argument("--dtype", default=defaults.dtype,
+                            choices=["auto", "float32", "float", "bfloat16", "float16", "half"])
+        parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+        parser.add_argument("--gpu-memory-utilization", type=float, default=defaults.gpu_memory_utilization)
+        parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=defaults.tensor_parallel_size)
+        parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=defaults.pipeline_parallel_size)
+        parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+        parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+        parser.add_argument("--block-size", type=int, default=defaults.block_size, choices=[8, 16, 32])
+        parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                            default=defaults.enable_prefix_caching)
+        parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                            default=defaults.enable_chunked_prefill)
+        parser.add_argument("--swap-space", type=float, default=defaults.swap_space,
+                            help="GiB of host memory per GPU for swapped-out KV blocks")
+        parser.add_argument("--enforce-eager", action="store_true")
+        parser.add_argument("--seed", type=int, default=defaults.seed)
+        parser.add_argument("--kv-cache-memory-bytes", type=int, default=None,
+                            help="KV-cache size in bytes (instead of --gpu-memory-utilization; on CPU, "
+                                 "the default is 1 GiB)")
+        parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
+        parser.add_argument("--max-logprobs", type=int, default=defaults.max_logprobs)
+        parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+        return parser
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+        values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+                  if hasattr(args, field.name)}
+        if getattr(args, "model_tag", None) is not None:
+            if values.get("model") not in (None, args.model_tag):
+                raise ValueError(f"model given twice: {args.model_tag!r} and --model {values['model']!r}.")
+            values["model"] = args.model_tag
+        return cls(**values)

@@ -1,0 +1,184 @@
+"""LLMEngine: the C++ engine plus tokenization, detokenization and stop strings.
+
+One pass down (tokenize, validate, add to the C++ engine), one pass back (new token ids ->
+text, stop strings -> RequestOutput). Not thread-safe: the caller steps it from one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from fastpage.engine_args import EngineArgs
+from fastpage.outputs import RequestOutput
+from fastpage.request_state import RequestState
+from fastpage.sampling_params import SamplingParams
+from fastpage.tokenizer import Tokenizer, load_tokenizer
+
+Prompt = str | list[int] | dict[str, Any]
+
+
+class LLMEngine:
+    def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
+                 max_logprobs: int = 20, max_num_seqs: int | None = None,
+                 generation_defaults: dict[str, Any] | None = None):
+        self.engine = engine  # fastpage._C.Engine
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.max_model_len = max_model_len
+        self.model_name = model_name
+        self.max_logprobs = max_logprobs
+        self.max_num_seqs = max_num_seqs
+        self.generation_defaults = dict(generation_defaults or {})
+        self._requests: dict[str, RequestState] = {}
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        from fastpage import _C
+        from fastpage.model_loader import load_model
+
+        model = args.model
+        if model is None:
+            from fastpage.model_loader.default_model import default_model_path
+
+            model = default_model_path()
+        device = args.resolved_device()
+        loaded = load_model(model, dtype=args.dtype, device=device)
+        max_model_len = args.max_model_len or loaded.max_model_len
+        if max_model_len > loaded.max_model_len:
+            raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "
+                             f"({loaded.max_model_len}).")
+        tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
+                                   loaded.chat_template)
+        dtype = loaded.weights["embed_tokens.weight"].dtype
+        config = args.engine_config(max_model_len, _bytes_per_block(loaded.model_config, args.block_size, dtype),
+                                    device)
+        engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
+        return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
+                   max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
+                   generation_defaults=loaded.generation_defaults)
+
+    # ------------------------------------------------------------------ requests
+    def default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation_config.json defaults (as vLLM does; the
+        loaders already name them as SamplingParams does)."""
+        fields = {f.name for f in dataclasses.fields(SamplingParams)}
+        return SamplingParams(**{k: v for k, v in self.generation_defaults.items() if k in fields})
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0) -> None:
+        """Tokenizes and validates, then queues the request; ValueError for bad input."""
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use.")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}.")
+        prompt_text, prompt_token_ids = self.tokenize_prompt(prompt)
+        vocab_size = self.model_config.vocab_size
+        params.verify_for_model(vocab_size, self.max_logprobs, self.max_num_seqs)
+        num_prompt = len(prompt_token_ids)
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - num_prompt
+        if num_prompt + max(max_tokens, 1) > self.max_model_len:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt + max_tokens} tokens ({num_prompt} in the prompt, {max_tokens} in the "
+                f"completion). Please reduce the length of the prompt or completion.")
+        c_params = params.to_c_params(max_tokens, params.bad_words_token_ids(self.tokenizer))
+        self.engine.add_request(request_id, prompt_token_ids, c_params, list(self.tokenizer.eos_token_ids),
+                                priority)
+        self._requests[request_id] = RequestState(request_id, prompt_text, prompt_token_ids, params,
+                                                  self.tokenizer)
+
+    def tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            text, token_ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            text, token_ids = prompt.get("prompt"), prompt["prompt_token_ids"]
+        elif isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+            text, token_ids = prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+        elif isinstance(prompt, list):
+            text, token_ids = None, prompt
+        else:
+            raise ValueError("prompt must be a string, a list of token ids, {'prompt': str} or "
+                             f"{{'prompt_token_ids': [...]}}; got {type(prompt).__name__}.")
+        if not token_ids:
+            raise ValueError("prompt must not be empty.")
+        vocab_size = self.model_config.vocab_size
+        for token_id in token_ids:
+            if not isinstance(token_id, int) or isinstance(token_id, bool) or not 0 <= token_id < vocab_size:
+                raise ValueError(f"prompt_token_ids: {token_id!r} is not a token id of the vocabulary "
+                                 f"(0 <= id < {vocab_size}).")
+        return text, list(token_ids)
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            if self._requests.pop(rid, None) is not None:
+                self.engine.abort_request(rid)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> list[RequestOutput]:
+        """Runs one engine step; returns the cumulative output of every request that progressed
+        (finished ones included, after which they are forgotten)."""
+        progressed: dict[str, RequestState] = {}
+        for out in self.engine.step():
+            state = self._requests.get(out.request_id)
+            if state is None:
+                continue  # aborted meanwhile
+            progressed[out.request_id] = state
+            if out.prompt_logprobs:
+                state.set_prompt_logprobs(out.prompt_logprobs)
+            if out.num_prompt_tokens:
+                state.num_cached_tokens = out.num_cached_tokens
+            seq = state.sequences[out.seq_index]
+            if seq.finished:
+                continue  # already ended by a stop string
+            if out.new_token_ids and state.metrics.first_token_time is None:
+                state.metrics.first_token_time = time.time()
+            seq.cumulative_logprob = out.cumulative_logprob
+            stopped = False
+            for i, token_id in enumerate(out.new_token_ids):
+                if seq.add_token(token_id, out.logprobs[i] if i < len(out.logprobs) else None):
+                    stopped = True
+                    break
+            if stopped:
+                if not out.finished:
+                    self.engine.finish_sequence(out.request_id, out.seq_index)
+            elif out.finished:
+                reason = out.finish_reason.name.lower()  # FinishReason.Stop / Length / Abort
+                seq.finish(reason, out.stop_token if reason == "stop" and out.stop_token >= 0 else None)
+
+        outputs = []
+        for request_id, state in progressed.items():
+            outputs.append(state.to_output())
+            if state.finished:
+                del self._requests[request_id]
+        return outputs
+
+    def get_stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        names = ("num_running", "num_waiting", "num_swapped", "num_device_blocks", "num_free_device_blocks",
+                 "num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
+                 "generation_tokens")
+        result: dict[str, Any] = {name: getattr(stats, name) for name in names}
+        total = result["num_device_blocks"]
+        result["kv_cache_usage"] = 1.0 - result["num_free_device_blocks"] / total if total else 0.0
+        result["num_unfinished_requests"] = len(self._requests)
+        return result
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.tokenizer
+
+
+def _bytes_per_block(model_config, block_size: int, dtype: torch.dtype) -> int:
+    """K and V of one block across all layers (used to turn byte budgets into block counts)."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return (2 * model_config.num_layers * block_size * model_config.num_kv_heads * model_config.head_dim
+            * element_size)
+

@@ -1,0 +1,53 @@
+"""EngineArgs: vLLM's flag names on the command line, and bad values refused by name."""
+
+import argparse
+
+import pytest
+
+from fastpage.engine_args import EngineArgs
+
+
+def parse(argv, model_positional=False):
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser(), model_positional=model_positional)
+    return EngineArgs.from_cli_args(parser.parse_args(argv))
+
+
+def test_defaults_round_trip():
+    assert parse([]) == EngineArgs()
+
+
+def test_vllm_flags():
+    args = parse(["--model", "m", "--dtype", "bfloat16", "--max-model-len", "512",
+                  "--gpu-memory-utilization", "0.5", "--max-num-seqs", "8", "--max-num-batched-tokens", "1024",
+                  "--block-size", "32", "--no-enable-prefix-caching", "--swap-space", "2", "--enforce-eager",
+                  "--seed", "7", "--kv-cache-memory-bytes", "1000000", "--max-logprobs", "5", "--device", "cpu"])
+    assert args == EngineArgs(model="m", dtype="bfloat16", max_model_len=512, gpu_memory_utilization=0.5,
+                              max_num_seqs=8, max_num_batched_tokens=1024, block_size=32,
+                              enable_prefix_caching=False, swap_space=2, enforce_eager=True, seed=7,
+                              kv_cache_memory_bytes=1000000, max_logprobs=5, device="cpu")
+
+
+def test_positional_model():
+    assert parse(["dir"], model_positional=True).model == "dir"
+    assert parse(["--model", "dir"], model_positional=True).model == "dir"
+    with pytest.raises(ValueError, match="model"):
+        parse(["a", "--model", "b"], model_positional=True)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("gpu_memory_utilization", 0.0), ("gpu_memory_utilization", 1.5), ("max_num_seqs", 0), ("block_size", 0),
+    ("max_model_len", 0), ("swap_space", -1), ("tensor_parallel_size", 2), ("max_logprobs", -1),
+])
+def test_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        EngineArgs(**{field: value})
+
+
+def test_engine_config_cpu_and_gpu_budgets():
+    args = EngineArgs(kv_cache_memory_bytes=10_000, swap_space=1, enable_chunked_prefill=False)
+    cpu = args.engine_config(max_model_len=16384, bytes_per_block=100, device="cpu")
+    assert cpu.cpu_kv_cache_bytes == 10_000 and cpu.num_cpu_blocks == 0
+    assert cpu.max_num_batched_tokens == 16384  # without chunked prefill a whole prompt fits a step
+    gpu = args.engine_config(max_model_len=1024, bytes_per_block=100, device="cuda")
+    assert gpu.num_gpu_blocks == 100 and gpu.num_cpu_blocks == (1 << 30) // 100
+    assert gpu.max_num_batched_tokens == 8192
