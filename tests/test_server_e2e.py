@@ -1,99 +1,55 @@
 """The server end to end: the official openai client against a real `python -m
-fastpage.entrypoints.openai.api_server` process serving a tiny random Llama made here.
+fastpage.entrypoints.openai.api_server` process serving the tiny random Llama of tests/tiny_models.py
+with the tiny byte-level tokenizer of tests/tiny_tokenizer.py.
 
-Generated text is checked against HF transformers greedy decoding on the same weights."""
+Generated text and logprobs are checked against HF transformers on the same weights."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
+import openai
 import pytest
+import torch
+import transformers
 
-pytest.importorskip("fastpage.llm_engine", reason="the LLMEngine has not landed on this branch yet")
-openai = pytest.importorskip("openai")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from server_process import running_server
+from tiny_models import tiny_models  # noqa: F401  (session fixture)
+from tiny_tokenizer import byte_level_bpe
 
 API_KEY = "test-key"
 MAX_MODEL_LEN = 256
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-          "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>"
-          "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-          "{% if tools %}<|im_start|>tools\n{% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>\n{% endif %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# ChatML that also renders tool calls and the tool list (the tiny tokenizer's own template does not).
+CHATML_WITH_TOOLS = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if tools %}<|im_start|>tools\n{% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>\n{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-def make_tiny_llama(path):
-    """A byte-level BPE tokenizer trained on a few lines plus a random 2-layer Llama."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.",
-              "What is the weather like today?", "<tool_call> get_weather city </tool_call>"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                                bos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHATML
-    fast.save_pretrained(path)
-    config = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=MAX_MODEL_LEN, eos_token_id=fast.eos_token_id,
-                                      bos_token_id=fast.bos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.save_pretrained(path, safe_serialization=True)
-    return model, fast
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tokenizer = make_tiny_llama(path)
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", FASTPAGE_API_KEY=API_KEY,
-               PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "python"),
-                                           os.environ.get("PYTHONPATH", "")]))
-    log = open(path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastpage.entrypoints.openai.api_server", "--model", str(path),
-         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny", "tiny-alias",
-         "--max-model-len", str(MAX_MODEL_LEN), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-         "--max-num-seqs", "16", "--dtype", "float32"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {open(path / 'server.log').read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not become healthy"
-        time.sleep(0.3)
-    yield {"base": base, "model": model, "tokenizer": tokenizer, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+def server(tiny_models, tmp_path_factory):  # noqa: F811
+    path = tiny_models["llama"]
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        byte_level_bpe(256, all_bytes=False).save_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    work = tmp_path_factory.mktemp("server")
+    template_file = work / "chatml_tools.jinja"
+    template_file.write_text(CHATML_WITH_TOOLS)
+    args = ["fastpage.entrypoints.openai.api_server", "--model", path, "--served-model-name", "tiny",
+            "tiny-alias", "--max-model-len", str(MAX_MODEL_LEN), "--enable-auto-tool-choice",
+            "--tool-call-parser", "hermes", "--chat-template", str(template_file), "--max-num-seqs", "16",
+            "--dtype", "float32", "--device", "cpu", "--kv-cache-memory-bytes", str(4 << 20),
+            "--disable-log-stats"]
+    with running_server(args, work / "server.log", env={"FASTPAGE_API_KEY": API_KEY}) as base:
+        yield {"base": base, "model": model, "tokenizer": tokenizer}
 
 
 @pytest.fixture
@@ -113,12 +69,13 @@ def metric(server, name) -> float:
     return values[0]
 
 
+@torch.no_grad()
 def hf_greedy(server, prompt_ids, max_tokens):
-    ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        out = server["model"].generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                       eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    """Plain argmax decoding with transformers (no eos: the requests set ignore_eos)."""
+    ids = list(prompt_ids)
+    for _ in range(max_tokens):
+        ids.append(int(server["model"](torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt_ids):]
 
 
 PROMPT = "The quick brown fox"
@@ -148,9 +105,9 @@ def test_completion_greedy_matches_transformers_streamed_and_not(server, client)
 
 
 def test_chat_streamed_equals_non_streamed(client):
-    messages = [{"role": "system", "content": "You are terse."},
-                {"role": "user", "content": [{"type": "text", "text": "What is the weather"},
-                                             {"type": "text", "text": "like today?"}]}]
+    messages = [{"role": "system", "content": "Numbers 0123456789"},
+                {"role": "user", "content": [{"type": "text", "text": "Hello world!"},
+                                             {"type": "text", "text": "The quick brown fox"}]}]
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, temperature=0)
     chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=16,
                                                  temperature=0, stream=True))
@@ -190,7 +147,9 @@ def test_completion_logprobs_match_transformers(server, client):
     reference = torch.log_softmax(logits.double(), -1)[len(prompt_ids) - 1:-1]
     for i, token_id in enumerate(generated):
         assert lp.token_logprobs[i] == pytest.approx(reference[i, token_id].item(), abs=2e-3)
-        assert 3 <= len(lp.top_logprobs[i]) <= 4
+        # Keyed by token text, as in OpenAI's format: tokens that decode alike (partial UTF-8) share a key.
+        top_ids = reference[i].topk(3).indices.tolist()
+        assert set(lp.top_logprobs[i]) == {server["tokenizer"].decode([t]) for t in top_ids + [token_id]}
         assert max(lp.top_logprobs[i].values()) == pytest.approx(lp.token_logprobs[i], abs=1e-6)
     assert lp.text_offset == sorted(lp.text_offset)
 
@@ -219,24 +178,37 @@ def test_stop_string(client):
 
 
 def test_tool_round_trip(server, client):
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {
-            "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {**call, "function": {**call["function"], "arguments": json.dumps({"city": "Paris"})}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"},
     ]
+    # The reference: transformers renders the same template (arguments as a mapping, as templates expect).
+    reference = server["tokenizer"].apply_chat_template(
+        [*messages[:1], {**messages[1], "tool_calls": [call]}, messages[2]], tools=[WEATHER_TOOL],
+        chat_template=CHATML_WITH_TOOLS, add_generation_prompt=True, tokenize=False)
     rendered = httpx.post(server["base"] + "/tokenize", headers=auth(),
                           json={"model": "tiny", "messages": messages, "tools": [WEATHER_TOOL]}).json()
-    text = server["tokenizer"].decode(rendered["tokens"])
-    assert "21 degrees and sunny" in text and '"city": "Paris"' in text and "get_weather" in text
+    assert rendered["tokens"] == server["tokenizer"].encode(reference, add_special_tokens=False)
     auto = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL],
                                           max_tokens=8, temperature=0)
     assert auto.choices[0].message.role == "assistant"
-    named = client.chat.completions.create(
-        model="tiny", messages=messages[:1], tools=[WEATHER_TOOL], max_tokens=8, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    call = named.choices[0].message.tool_calls[0]
-    assert call.function.name == "get_weather" and call.type == "function"
+    named_choice = {"type": "function", "function": {"name": "get_weather"}}
+    named = client.chat.completions.create(model="tiny", messages=messages[:1], tools=[WEATHER_TOOL],
+                                           max_tokens=8, temperature=0, tool_choice=named_choice,
+                                           extra_body={"ignore_eos": True})
+    [named_call] = named.choices[0].message.tool_calls
+    assert named_call.function.name == "get_weather" and named_call.type == "function"
+    assert named.choices[0].finish_reason == "stop" and named.choices[0].message.content is None
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages[:1], tools=[WEATHER_TOOL],
+                                                 max_tokens=8, temperature=0, tool_choice=named_choice,
+                                                 stream=True, extra_body={"ignore_eos": True}))
+    deltas = [call for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather" and all(d.index == 0 for d in deltas)
+    # Unconstrained: the named call's arguments are the reply's text, the same streamed or not.
+    assert "".join(d.function.arguments or "" for d in deltas) == named_call.function.arguments
 
 
 def test_tokenize_detokenize(server):
@@ -297,17 +269,26 @@ def test_bad_inputs_rejected_while_a_stream_keeps_going(server):
     assert httpx.get(server["base"] + "/health").status_code == 200
 
 
-def test_client_disconnect_frees_blocks(server):
-    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 200, "stream": True, "ignore_eos": True}
+def wait_until_idle(server, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while metric(server, "num_requests_running") or metric(server, "kv_cache_usage_perc"):
+        assert time.monotonic() < deadline, "blocks still in use"
+        time.sleep(0.2)
+
+
+def test_client_disconnect_aborts_and_frees_blocks(server):
+    wait_until_idle(server)
+    generated_before = metric(server, "generation_tokens_total")
+    n, max_tokens = 16, MAX_MODEL_LEN - 16
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "n": n, "stream": True,
+            "ignore_eos": True}
     with httpx.stream("POST", server["base"] + "/v1/completions", json=body, headers=auth()) as r:
         for i, _ in enumerate(r.iter_lines()):
-            if i >= 6:
-                break
-        assert metric(server, "kv_cache_usage_perc") > 0 or metric(server, "num_requests_running") > 0
-    deadline = time.monotonic() + 20
-    while metric(server, "num_requests_running") or metric(server, "kv_cache_usage_perc"):
-        assert time.monotonic() < deadline, "the aborted request kept its blocks"
-        time.sleep(0.2)
+            if i >= 4:
+                break  # leaving the block closes the connection
+    wait_until_idle(server)
+    # Cut short: far fewer tokens than running all 16 sequences to max_tokens would make.
+    assert metric(server, "generation_tokens_total") - generated_before < n * max_tokens / 2
 
 
 @pytest.mark.parametrize("method,path", [
@@ -329,8 +310,5 @@ def test_health_and_metrics_are_open(server):
 
 
 def test_no_block_leaked_when_idle(server):
-    deadline = time.monotonic() + 10
-    while metric(server, "kv_cache_usage_perc") != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert metric(server, "num_requests_running") == 0 and metric(server, "num_requests_waiting") == 0
+    wait_until_idle(server, timeout_s=10)
+    assert metric(server, "num_requests_waiting") == 0

@@ -82,10 +82,15 @@ class ServingContext:
             include_stop_str_in_output=req.include_stop_str_in_output,
             skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
             spaces_between_special_tokens=req.spaces_between_special_tokens)
-        # Unset fields keep SamplingParams' own defaults.
+        # Unset fields take the model's recommended values (generation_config.json, GGUF
+        # general.sampling.*) as vLLM does, else SamplingParams' own defaults.
+        model_defaults = self.llm.generation_defaults
         for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
-            if getattr(req, name) is not None:
-                fields[name] = getattr(req, name)
+            value = getattr(req, name)
+            if value is None:
+                value = model_defaults.get(name)
+            if value is not None:
+                fields[name] = value
         try:
             return SamplingParams(**fields)
         except ValueError as err:

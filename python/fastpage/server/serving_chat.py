@@ -12,6 +12,7 @@ from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedTo
 from fastpage.server.serving_base import ServingContext, final_outputs, sse, sse_error, usage
 from fastpage.server.tool_parsers import TOOL_PARSERS, ToolParser
 
+
 def message_to_template_dict(message: ChatMessage) -> dict:
     if isinstance(message.content, list):
         texts = []
@@ -68,6 +69,11 @@ def _tool_mode(ctx: ServingContext, req: ChatCompletionRequest) -> str:
     if isinstance(req.tool_choice, NamedToolChoice):
         return "named"
     if req.tool_choice == "required":
+        # No grammar-constrained decoding: "required" means the reply is parsed for calls, so the
+        # server needs to know the model's call format.
+        if not ctx.tool_call_parser:
+            raise OpenAIError('"required" tool choice requires --tool-call-parser to be set', 400,
+                              "tool_choice")
         return "required"
     if not (ctx.enable_auto_tool_choice and ctx.tool_call_parser):
         raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
@@ -82,7 +88,8 @@ def _new_parser(ctx: ServingContext) -> ToolParser | None:
 async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest):
     model = ctx.check_model(req.model)
     mode = _tool_mode(ctx, req)
-    prompt = await render_prompt(ctx, req.messages, req.tools if mode != "none" else None,
+    # As in vLLM, the tools reach the template even with tool_choice "none".
+    prompt = await render_prompt(ctx, req.messages, req.tools,
                                  req.add_generation_prompt, req.continue_final_message,
                                  req.chat_template_kwargs)
     token_ids = await ctx.encode(prompt, add_special_tokens=False)

@@ -117,8 +117,10 @@ def _logprobs(ctx, token_ids, logprobs, text_offset: int) -> dict:
         else:
             token = _token_text(ctx, token_id, step.get(token_id))
             token_logprob = max(step[token_id].logprob, -9999.0)
-            top = {_token_text(ctx, tid, lp): max(lp.logprob, -9999.0)
-                   for tid, lp in sorted(step.items(), key=lambda item: item[1].rank or 0)}
+            top = {}
+            for tid, lp in sorted(step.items(), key=lambda item: item[1].rank or 0):
+                # Keys are token texts; where two tokens decode alike, the likelier one stays.
+                top.setdefault(_token_text(ctx, tid, lp), max(lp.logprob, -9999.0))
         result["tokens"].append(token)
         result["token_logprobs"].append(token_logprob)
         result["top_logprobs"].append(top)

@@ -63,22 +63,32 @@ def build_server(args: argparse.Namespace):
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     chat_template = load_chat_template(args.chat_template)
-    llm = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
-    served = args.served_model_name or [args.model]
+    engine_args = EngineArgs.from_cli_args(args)
+    llm = LLMEngine.from_engine_args(engine_args)
+    served = args.served_model_name or [default_served_name(args.model, llm.model_name)]
     metrics = ServerMetrics(served[0])
     engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
-    log_capacity(llm)
-    ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=args.model,
+    log_capacity(llm, engine_args.block_size)
+    ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=llm.model_name,
                          max_model_len=llm.max_model_len, vocab_size=llm.tokenizer.vocab_size,
                          chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
                          tool_call_parser=args.tool_call_parser)
-    return build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-                     protect_metrics=args.protect_metrics)
+    app = build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                    protect_metrics=args.protect_metrics)
+    logger.info("serving %s on http://%s:%d", ", ".join(served), args.host or "0.0.0.0", args.port)
+    return app
 
 
-def log_capacity(llm) -> None:
-    stats = llm.get_stats()
-    blocks, block_size = stats.get("num_device_blocks", 0), stats.get("block_size", 0)
+def default_served_name(model_arg: str | None, model_path: str) -> str:
+    """vLLM serves a model under the name it was given; the default model (no name given) is
+    served under its file name, e.g. SmolLM2-135M-Instruct.Q4_1."""
+    if model_arg is not None:
+        return model_arg
+    return os.path.basename(model_path).removesuffix(".gguf")
+
+
+def log_capacity(llm, block_size: int) -> None:
+    blocks = llm.get_stats()["num_device_blocks"]
     tokens = blocks * block_size
     logger.info("KV cache: %d blocks of %d tokens (%d tokens); requests of max_model_len %d that fit "
                 "at once: %.2f", blocks, block_size, tokens, llm.max_model_len,
@@ -90,8 +100,6 @@ def run_server(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     app = build_server(args)
-    logger.info("serving %s on http://%s:%d", ", ".join(args.served_model_name or [args.model]),
-                args.host or "0.0.0.0", args.port)
     uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
                 timeout_keep_alive=5)
 
