@@ -63,12 +63,11 @@ def build_server(args: argparse.Namespace):
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     chat_template = load_chat_template(args.chat_template)
-    engine_args = EngineArgs.from_cli_args(args)
-    llm = LLMEngine.from_engine_args(engine_args)
+    # The engine logs the KV-cache size and how many max-length requests fit.
+    llm = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
     served = args.served_model_name or [default_served_name(args.model, llm.model_name)]
     metrics = ServerMetrics(served[0])
     engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
-    log_capacity(llm, engine_args.block_size)
     ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=llm.model_name,
                          max_model_len=llm.max_model_len, vocab_size=llm.tokenizer.vocab_size,
                          chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
@@ -85,14 +84,6 @@ def default_served_name(model_arg: str | None, model_path: str) -> str:
     if model_arg is not None:
         return model_arg
     return os.path.basename(model_path).removesuffix(".gguf")
-
-
-def log_capacity(llm, block_size: int) -> None:
-    blocks = llm.get_stats()["num_device_blocks"]
-    tokens = blocks * block_size
-    logger.info("KV cache: %d blocks of %d tokens (%d tokens); requests of max_model_len %d that fit "
-                "at once: %.2f", blocks, block_size, tokens, llm.max_model_len,
-                tokens / llm.max_model_len if llm.max_model_len else 0.0)
 
 
 def run_server(args: argparse.Namespace) -> None:
