@@ -4,6 +4,9 @@ TPOT and ITL percentiles, throughput and failures, and writes JSON to bench/resu
 
   python bench/serve.py --base-url http://127.0.0.1:8000 --num-prompts 200 --request-rate 8 \
       --random-input-len 512 --random-output-len 128
+
+With --offline MODEL the same workload runs through fastpage.LLM.generate in this process instead
+(no server): its output tok/s against the server's at unlimited rate is the serving overhead.
 """
 
 from __future__ import annotations
@@ -102,6 +105,28 @@ async def run(args) -> dict:
     return summarize(args, results, duration)
 
 
+def run_offline(args) -> dict:
+    """The same workload through LLM.generate (one batch, greedy, ignore_eos): the no-server baseline."""
+    from fastpage import LLM, SamplingParams
+
+    workload = make_workload(args)
+    llm = LLM(model=args.offline, dtype=args.dtype, max_model_len=args.max_model_len,
+              max_num_seqs=args.max_num_seqs, device=args.device,
+              kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+    prompts = [{"prompt_token_ids": prompt} for prompt, _ in workload]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True) for _, max_tokens in workload]
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    duration = time.perf_counter() - start
+    input_tokens = sum(len(p) for p, _ in workload)
+    output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    return {"offline_model": args.offline, "num_prompts": len(workload), "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len, "duration_s": duration, "completed": len(outputs),
+            "total_input_tokens": input_tokens, "total_output_tokens": output_tokens,
+            "request_throughput": len(outputs) / duration, "output_throughput": output_tokens / duration,
+            "total_token_throughput": (input_tokens + output_tokens) / duration}
+
+
 def percentiles(values: list[float], name: str) -> dict:
     values = sorted(values)
     out = {f"mean_{name}_ms": 1000 * sum(values) / len(values) if values else 0.0}
@@ -147,16 +172,31 @@ def main():
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--result-dir", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--label", default="fastpage")
+    offline = parser.add_argument_group("offline baseline (--offline MODEL: no server)")
+    offline.add_argument("--offline", default=None, metavar="MODEL", help="run the workload through LLM.generate")
+    offline.add_argument("--dtype", default="auto")
+    offline.add_argument("--max-model-len", type=int, default=None)
+    offline.add_argument("--max-num-seqs", type=int, default=256)
+    offline.add_argument("--device", default="auto")
+    offline.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     args = parser.parse_args()
+    if args.offline is not None:
+        summary = run_offline(args)
+        write(args, summary, f"offline-{args.label}")
+        return
     if args.model is None:
         args.model = httpx.get(f"{args.base_url}/v1/models", headers={"Authorization": f"Bearer {args.api_key}"}
                                if args.api_key else {}).json()["data"][0]["id"]
     summary = asyncio.run(run(args))
+    rate = "inf" if math.isinf(args.request_rate) else f"{args.request_rate:g}"
+    write(args, summary, f"serve-{args.label}-rate{rate}")
+
+
+def write(args, summary: dict, name: str) -> None:
     for key, value in summary.items():
         print(f"{key:>26}: {value:.2f}" if isinstance(value, float) else f"{key:>26}: {value}")
     os.makedirs(args.result_dir, exist_ok=True)
-    rate = "inf" if math.isinf(args.request_rate) else f"{args.request_rate:g}"
-    path = os.path.join(args.result_dir, f"serve-{args.label}-rate{rate}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path = os.path.join(args.result_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
     print(f"wrote {path}")
