@@ -1,0 +1,105 @@
+"""`python -m fastpage.entrypoints.openai.api_server --model ...`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger("fastpage.server")
+
+API_KEY_ENV = "FASTPAGE_API_KEY"
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from fastpage.engine_args import EngineArgs
+    from fastpage.server.tool_parsers import TOOL_PARSERS
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None, help="address to listen on (default: all)")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--served-model-name", nargs="+", default=None,
+                        help="model name(s) clients use; the first one is reported in responses "
+                             "(default: the --model value)")
+    server.add_argument("--chat-template", default=None,
+                        help="a chat template file, or the template itself; overrides the model's")
+    server.add_argument("--api-key", default=None,
+                        help=f"require this key (Authorization: Bearer) on every endpoint but /health "
+                             f"(default: ${API_KEY_ENV})")
+    server.add_argument("--protect-metrics", action="store_true",
+                        help="require the API key on /metrics too")
+    server.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='allow tool_choice "auto" (needs --tool-call-parser)')
+    server.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                        help="how tool calls look in this model's output (hermes: Qwen2.5, Hermes)")
+    server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line")
+    server.add_argument("--uvicorn-log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug", "trace"])
+    EngineArgs.add_cli_args(parser)
+    return parser
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """A path to a template file, or the template text itself (vLLM's rule)."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if any(c in value for c in "{}\n"):
+        return value
+    raise ValueError(f"--chat-template: {value!r} is neither a file nor a template")
+
+
+def build_server(args: argparse.Namespace):
+    """Loads the model and returns the FastAPI app (the engine thread starts with the app)."""
+    from fastpage.engine_args import EngineArgs
+    from fastpage.llm_engine import LLMEngine
+    from fastpage.server.app import build_app
+    from fastpage.server.async_engine import AsyncEngine
+    from fastpage.server.metrics import ServerMetrics
+    from fastpage.server.serving_base import ServingContext
+
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    chat_template = load_chat_template(args.chat_template)
+    # The engine logs the KV-cache size and how many max-length requests fit.
+    llm = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    served = args.served_model_name or [default_served_name(args.model, llm.model_name)]
+    metrics = ServerMetrics(served[0])
+    engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
+    ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=llm.model_name,
+                         max_model_len=llm.max_model_len, vocab_size=llm.tokenizer.vocab_size,
+                         chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
+                         tool_call_parser=args.tool_call_parser)
+    app = build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                    protect_metrics=args.protect_metrics)
+    logger.info("serving %s on http://%s:%d", ", ".join(served), args.host or "0.0.0.0", args.port)
+    return app
+
+
+def default_served_name(model_arg: str | None, model_path: str) -> str:
+    """vLLM serves a model under the name it was given; the default model (no name given) is
+    served under its file name, e.g. SmolLM2-135M-Instruct.Q4_1."""
+    if model_arg is not None:
+        return model_arg
+    return os.path.basename(model_path).removesuffix(".gguf")
+
+
+def run_server(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    app = build_server(args)
+    uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
+                timeout_keep_alive=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fastpage.entrypoints.openai.api_server",
+                                     description="fastpage OpenAI-compatible server")
+    run_server(add_server_args(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
