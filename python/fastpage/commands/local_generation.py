@@ -43,9 +43,10 @@ def sampling_params_from_args(args: argparse.Namespace, engine: LLMEngine) -> Sa
 
 
 def stream_completion(engine: LLMEngine, request_id: str, prompt: Prompt, params: SamplingParams,
-                      out: TextIO = sys.stdout) -> str:
+                      out: TextIO | None = None) -> str:
     """Runs one request to the end, writing its text to `out` as it grows; returns the full text.
     Ctrl-C aborts the request (the engine stays usable) and re-raises."""
+    out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been replaced
     engine.add_request(request_id, prompt, params)
     text, finished = "", False
     try:
