@@ -1,24 +1,12 @@
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include <stdexcept>
-
 #include "bindings.h"
 #include "fastpage/engine.h"
 
 namespace py = pybind11;
 
 namespace fastpage::bindings {
-namespace {
-
-c10::ScalarType parse_dtype(const std::string& name) {
-  if (name == "float32") return c10::ScalarType::Float;
-  if (name == "bfloat16") return c10::ScalarType::BFloat16;
-  if (name == "float16") return c10::ScalarType::Half;
-  throw std::invalid_argument("dtype must be float32, bfloat16 or float16, got " + name);
-}
-
-}  // namespace
 
 void bind_engine(py::module_& m) {
   py::class_<StepOutput>(m, "StepOutput")
@@ -48,12 +36,11 @@ void bind_engine(py::module_& m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const ModelConfig& model, const EngineConfig& config, WeightMap weights,
-                       const std::string& device, const std::string& dtype) {
-             return std::make_unique<Engine>(model, config, std::move(weights), c10::Device(device),
-                                             parse_dtype(dtype));
+                       const std::string& device, c10::ScalarType dtype) {
+             return std::make_unique<Engine>(model, config, std::move(weights), c10::Device(device), dtype);
            }),
            py::arg("model_config"), py::arg("engine_config"), py::arg("weights"), py::arg("device") = "cpu",
-           py::arg("dtype") = "float32", py::call_guard<py::gil_scoped_release>())
+           py::arg("dtype") = at::kFloat, py::call_guard<py::gil_scoped_release>())
       .def("add_request", &Engine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("priority") = 0)
       .def("abort_request", &Engine::abort_request, py::arg("request_id"))

@@ -43,11 +43,10 @@ def test_bad_values(field, value):
         EngineArgs(**{field: value})
 
 
-def test_engine_config_cpu_and_gpu_budgets():
+def test_engine_config_budgets():
     args = EngineArgs(kv_cache_memory_bytes=10_000, swap_space=1, enable_chunked_prefill=False)
-    cpu = args.engine_config(max_model_len=16384, bytes_per_block=100, device="cpu")
-    assert cpu.cpu_kv_cache_bytes == 10_000 and cpu.num_cpu_blocks == 0
-    assert cpu.max_num_batched_tokens == 16384  # without chunked prefill a whole prompt fits a step
-    gpu = args.engine_config(max_model_len=1024, bytes_per_block=100, device="cuda")
-    assert gpu.num_gpu_blocks == 100 and gpu.num_cpu_blocks == (1 << 30) // 100
-    assert gpu.max_num_batched_tokens == 8192
+    config = args.engine_config(max_model_len=16384)
+    assert config.kv_cache_memory_bytes == 10_000 and config.swap_space_bytes == 1 << 30
+    assert config.num_gpu_blocks == 0 and config.num_cpu_blocks == 0
+    assert config.max_num_batched_tokens == 16384  # without chunked prefill a whole prompt fits a step
+    assert EngineArgs().engine_config(max_model_len=1024).max_num_batched_tokens == 8192

@@ -313,10 +313,11 @@ def test_cpu_kv_cache_is_sized_from_its_byte_budget(tiny_models):
     engine = _C.EngineConfig()
     engine.block_size = 16
     bytes_per_block = mc.num_layers * 2 * 16 * mc.num_kv_heads * mc.head_dim * 4  # K and V, float32
-    engine.cpu_kv_cache_bytes = 10 * bytes_per_block + bytes_per_block // 2
+    engine.kv_cache_memory_bytes = 10 * bytes_per_block + bytes_per_block // 2
+    engine.swap_space_bytes = 3 * bytes_per_block
     runner = _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)
-    assert (runner.bytes_per_block, runner.num_device_blocks) == (bytes_per_block, 10)
+    assert (runner.bytes_per_block, runner.num_device_blocks, runner.num_host_blocks) == (bytes_per_block, 10, 3)
 
-    engine.cpu_kv_cache_bytes = bytes_per_block - 1
+    engine.kv_cache_memory_bytes = bytes_per_block - 1
     with pytest.raises(ValueError, match="KV cache"):
         _C.ModelRunner(mc, engine, dict(loaded.weights), "cpu", torch.float32)

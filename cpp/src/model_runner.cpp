@@ -61,7 +61,6 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
                          c10::Device device, c10::ScalarType dtype)
     : model_config_(model), engine_config_(engine), device_(device), dtype_(dtype) {
   if (engine.block_size <= 0) throw std::invalid_argument("EngineConfig.block_size must be positive");
-  if (engine.num_cpu_blocks < 0) throw std::invalid_argument("EngineConfig.num_cpu_blocks must be >= 0");
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
     throw std::invalid_argument("dtype must be float32, bfloat16 or float16");
   }
@@ -71,8 +70,8 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
   model_ = std::make_unique<DecoderModel>(model, std::move(weights), device, dtype,
                                           std::max(max_model_len, model.max_position_embeddings));
   const int64_t num_blocks = plan_num_device_blocks(model, engine, device, dtype);
-  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, engine.num_cpu_blocks,
-                                        device, dtype);
+  const int64_t num_host_blocks = plan_num_host_blocks(model, engine, dtype);
+  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, num_host_blocks, device, dtype);
   const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
   std::fprintf(stderr,
                "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
@@ -81,7 +80,7 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
                static_cast<long long>(num_blocks),
                static_cast<long long>(engine.block_size),
                static_cast<double>(num_blocks * kv_cache_->bytes_per_block) / (1 << 20),
-               static_cast<long long>(engine.num_cpu_blocks),
+               static_cast<long long>(num_host_blocks),
                static_cast<double>(num_blocks) / static_cast<double>(blocks_per_request),
                static_cast<long long>(max_model_len));
 }

@@ -23,10 +23,10 @@ class EngineArgs:
     block_size: int = 16
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    swap_space: float = 0  # GiB of host memory for swapped-out KV blocks (GPU only); 0: recompute
+    swap_space: float = 0  # GiB of host memory for swapped-out KV blocks; 0: preempt by recompute
     enforce_eager: bool = False
     seed: int = 0
-    kv_cache_memory_bytes: int | None = None  # fixed KV-cache size instead of gpu_memory_utilization
+    kv_cache_memory_bytes: int | None = None  # KV-cache bytes (CPU default 4 GiB; GPU: gpu_memory_utilization)
     num_gpu_blocks_override: int | None = None
     max_logprobs: int = 20
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
@@ -56,9 +56,9 @@ class EngineArgs:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def engine_config(self, max_model_len: int, bytes_per_block: int, device: str):
-        """The C++ EngineConfig for a model whose context is `max_model_len` tokens and whose KV
-        cache takes `bytes_per_block` per block."""
+    def engine_config(self, max_model_len: int):
+        """The C++ EngineConfig for a model whose context is `max_model_len` tokens (the C++ side turns
+        byte budgets into block counts)."""
         from fastpage import _C
 
         config = _C.EngineConfig()
@@ -75,16 +75,11 @@ class EngineArgs:
         if not self.enable_chunked_prefill:
             batched = max(batched, max_model_len)  # a whole prompt must fit in one step
         config.max_num_batched_tokens = batched
-        on_cpu = device.startswith("cpu")
         if self.num_gpu_blocks_override is not None:
             config.num_gpu_blocks = self.num_gpu_blocks_override
-        elif self.kv_cache_memory_bytes is not None:
-            if on_cpu:
-                config.cpu_kv_cache_bytes = self.kv_cache_memory_bytes
-            else:
-                config.num_gpu_blocks = max(1, self.kv_cache_memory_bytes // bytes_per_block)
-        if not on_cpu:
-            config.num_cpu_blocks = int(self.swap_space * GIB) // bytes_per_block
+        if self.kv_cache_memory_bytes is not None:
+            config.kv_cache_memory_bytes = self.kv_cache_memory_bytes
+        config.swap_space_bytes = int(self.swap_space * GIB)
         return config
 
     @staticmethod

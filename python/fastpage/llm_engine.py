@@ -54,10 +54,8 @@ class LLMEngine:
         tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
                                    loaded.chat_template)
         dtype = loaded.weights["embed_tokens.weight"].dtype
-        config = args.engine_config(max_model_len, _bytes_per_block(loaded.model_config, args.block_size, dtype),
-                                    device)
-        engine = _C.Engine(loaded.model_config, config, loaded.weights, device,
-                            str(dtype).removeprefix("torch."))
+        config = args.engine_config(max_model_len)
+        engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
         return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
                    max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
                    generation_defaults=loaded.generation_defaults)
@@ -175,11 +173,3 @@ class LLMEngine:
 
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
-
-
-def _bytes_per_block(model_config, block_size: int, dtype: torch.dtype) -> int:
-    """K and V of one block across all layers (used to turn byte budgets into block counts)."""
-    element_size = torch.empty((), dtype=dtype).element_size()
-    return (2 * model_config.num_layers * block_size * model_config.num_kv_heads * model_config.head_dim
-            * element_size)
-

@@ -44,10 +44,13 @@ struct ModelConfig {
 // How the engine schedules and how big its KV cache is.
 struct EngineConfig {
   int64_t block_size = 16;
-  int64_t num_gpu_blocks = 0;  // 0: size from the memory budget below
-  int64_t num_cpu_blocks = 0;  // swap space, in blocks; 0 disables swapping (preempt by recompute)
+  int64_t num_gpu_blocks = 0;  // > 0: exactly this many device blocks, whatever the budgets below
+  int64_t num_cpu_blocks = 0;  // > 0: exactly this many host (swap) blocks
   double gpu_memory_utilization = 0.9;
-  int64_t cpu_kv_cache_bytes = 1ll << 30;  // KV budget when the model runs on CPU
+  // KV budget in bytes. 0: on CUDA, gpu_memory_utilization of the card less weights and activations;
+  // on CPU, 4 GiB (vLLM's default CPU KV space).
+  int64_t kv_cache_memory_bytes = 0;
+  int64_t swap_space_bytes = 0;  // host memory for swapped-out blocks; 0 preempts by recompute
   int64_t max_num_seqs = 256;
   int64_t max_num_batched_tokens = 8192;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings

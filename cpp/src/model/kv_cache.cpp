@@ -47,10 +47,9 @@ int64_t kv_bytes_per_block(const ModelConfig& m, int64_t block_size, c10::Scalar
 int64_t plan_num_device_blocks(const ModelConfig& m, const EngineConfig& e, c10::Device device,
                                c10::ScalarType dtype) {
   if (e.num_gpu_blocks > 0) return e.num_gpu_blocks;
-  int64_t budget = 0;
-  if (device.is_cpu()) {
-    budget = e.cpu_kv_cache_bytes;
-  } else {
+  int64_t budget = e.kv_cache_memory_bytes;
+  if (budget <= 0 && device.is_cpu()) budget = kDefaultCpuKvCacheBytes;
+  if (budget <= 0) {
 #ifdef FASTPAGE_WITH_CUDA
     if (e.gpu_memory_utilization <= 0.0 || e.gpu_memory_utilization > 1.0) {
       throw std::invalid_argument("gpu_memory_utilization must be in (0, 1]");
@@ -63,9 +62,17 @@ int64_t plan_num_device_blocks(const ModelConfig& m, const EngineConfig& e, c10:
   const int64_t num_blocks = budget / kv_bytes_per_block(m, e.block_size, dtype);
   if (num_blocks <= 0) {
     throw std::invalid_argument("no memory left for the KV cache (budget " + std::to_string(budget) +
-                                " bytes); raise cpu_kv_cache_bytes / gpu_memory_utilization");
+                                " bytes); raise kv_cache_memory_bytes / gpu_memory_utilization");
   }
   return num_blocks;
+}
+
+int64_t plan_num_host_blocks(const ModelConfig& m, const EngineConfig& e, c10::ScalarType dtype) {
+  if (e.num_cpu_blocks < 0 || e.swap_space_bytes < 0) {
+    throw std::invalid_argument("num_cpu_blocks and swap_space_bytes must be >= 0");
+  }
+  if (e.num_cpu_blocks > 0) return e.num_cpu_blocks;
+  return e.swap_space_bytes / kv_bytes_per_block(m, e.block_size, dtype);
 }
 
 KVCache::KVCache(const ModelConfig& m, int64_t block_size, int64_t num_device_blocks_,

@@ -33,10 +33,14 @@ struct KVCache {
 // Bytes one block takes across all layers, K and V.
 int64_t kv_bytes_per_block(const ModelConfig& model, int64_t block_size, c10::ScalarType dtype);
 
-// How many device blocks to allocate: num_gpu_blocks when set; else the CPU budget
-// (cpu_kv_cache_bytes), or on CUDA gpu_memory_utilization of total memory minus what is already in
+constexpr int64_t kDefaultCpuKvCacheBytes = 4ll << 30;
+
+// How many device blocks to allocate: num_gpu_blocks when set; else kv_cache_memory_bytes when set;
+// else 4 GiB on CPU, or on CUDA gpu_memory_utilization of total memory minus what is already in
 // use (the weights, loaded before this is called) and an estimate of the forward pass's activations.
 int64_t plan_num_device_blocks(const ModelConfig& model, const EngineConfig& engine,
                                c10::Device device, c10::ScalarType dtype);
+// Host (swap) blocks: num_cpu_blocks when set, else swap_space_bytes worth.
+int64_t plan_num_host_blocks(const ModelConfig& model, const EngineConfig& engine, c10::ScalarType dtype);
 
 }  // namespace fastpage
