@@ -1,10 +1,12 @@
 #include "fastpage/model_runner.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/ScalarType.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -16,13 +18,31 @@
 namespace fastpage {
 namespace {
 
-// One host->device copy per input (on CPU the tensor aliases the plan's vector: no copy at all).
+// Concatenates `parts` (pointer, length) into one host buffer and moves it to `device` in one copy:
+// on a GPU from pinned memory with non_blocking, so the host does not wait (the caching host
+// allocator keeps the buffer until the copy has run); on the CPU the host buffer is used as is.
+// Returns one 1-D tensor per part, views into the copy.
 template <typename T>
-at::Tensor to_device(const std::vector<T>& values, std::vector<int64_t> shape, c10::ScalarType dtype,
-                     c10::Device device) {
-  if (values.empty()) return at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
-  at::Tensor host = at::from_blob(const_cast<T*>(values.data()), shape, at::TensorOptions().dtype(dtype));
-  return host.to(device);
+std::vector<at::Tensor> upload(std::initializer_list<std::pair<const T*, int64_t>> parts, c10::Device device) {
+  int64_t total = 0;
+  for (const auto& part : parts) total += part.second;
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  at::Tensor host = at::empty({total}, at::TensorOptions().dtype(dtype).pinned_memory(device.is_cuda()));
+  T* dst = host.data_ptr<T>();
+  for (const auto& [src, n] : parts) dst = std::copy(src, src + n, dst);
+  at::Tensor on_device = device.is_cpu() ? host : host.to(device, dtype, /*non_blocking=*/true);
+  std::vector<at::Tensor> views;
+  int64_t offset = 0;
+  for (const auto& part : parts) {
+    views.push_back(on_device.narrow(0, offset, part.second));
+    offset += part.second;
+  }
+  return views;
+}
+
+template <typename T>
+std::pair<const T*, int64_t> part(const std::vector<T>& values) {
+  return {values.data(), static_cast<int64_t>(values.size())};
 }
 
 at::Tensor block_pairs(const std::vector<std::pair<BlockId, BlockId>>& pairs, c10::Device device) {
@@ -32,8 +52,13 @@ at::Tensor block_pairs(const std::vector<std::pair<BlockId, BlockId>>& pairs, c1
     flat.push_back(src);
     flat.push_back(dst);
   }
-  at::Tensor host = at::from_blob(flat.data(), {static_cast<int64_t>(pairs.size()), 2}, at::kLong);
-  return host.to(device, /*non_blocking=*/false, /*copy=*/true);
+  return upload<int64_t>({part(flat)}, device)[0].view({static_cast<int64_t>(pairs.size()), 2});
+}
+
+// A CUDA device without an index means the current one; name it, so every tensor agrees.
+c10::Device concrete_device(c10::Device device) {
+  if (device.is_cpu() || device.has_index()) return device;
+  return c10::impl::getDeviceGuardImpl(device.type())->getDevice();
 }
 
 void check_plan(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
@@ -59,7 +84,7 @@ void check_plan(const StepPlan& plan, const std::vector<int64_t>& logits_indices
 
 ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
                          c10::Device device, c10::ScalarType dtype)
-    : model_config_(model), engine_config_(engine), device_(device), dtype_(dtype) {
+    : model_config_(model), engine_config_(engine), device_(concrete_device(device)), dtype_(dtype) {
   if (engine.block_size <= 0) throw std::invalid_argument("EngineConfig.block_size must be positive");
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
     throw std::invalid_argument("dtype must be float32, bfloat16 or float16");
@@ -67,18 +92,17 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
   c10::InferenceMode guard;
   const int64_t max_model_len =
       engine.max_model_len > 0 ? engine.max_model_len : model.max_position_embeddings;
-  model_ = std::make_unique<DecoderModel>(model, std::move(weights), device, dtype,
+  model_ = std::make_unique<DecoderModel>(model, std::move(weights), device_, dtype,
                                           std::max(max_model_len, model.max_position_embeddings));
-  const int64_t num_blocks = plan_num_device_blocks(model, engine, device, dtype);
+  const int64_t num_blocks = plan_num_device_blocks(model, engine, device_, dtype);
   const int64_t num_host_blocks = plan_num_host_blocks(model, engine, dtype);
-  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, num_host_blocks, device, dtype);
+  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
   const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
   std::fprintf(stderr,
                "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
                "%lld host blocks; fits %.2f requests of %lld tokens\n",
-               static_cast<double>(model_->weight_bytes()) / (1 << 20), device.str().c_str(),
-               static_cast<long long>(num_blocks),
-               static_cast<long long>(engine.block_size),
+               static_cast<double>(model_->weight_bytes()) / (1 << 20), device_.str().c_str(),
+               static_cast<long long>(num_blocks), static_cast<long long>(engine.block_size),
                static_cast<double>(num_blocks * kv_cache_->bytes_per_block) / (1 << 20),
                static_cast<long long>(num_host_blocks),
                static_cast<double>(num_blocks) / static_cast<double>(blocks_per_request),
@@ -116,14 +140,20 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
   if (num_tokens == 0) {
     return at::empty({0, model_config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
   }
+  // Two transfers per step (int32 and int64 inputs), queued without waiting for the device.
+  const std::vector<at::Tensor> ints = upload<int32_t>(
+      {part(plan.input_ids), part(plan.positions), part(plan.query_start_loc), part(plan.context_lens),
+       part(plan.block_tables)},
+      device_);
+  const std::vector<at::Tensor> longs = upload<int64_t>({part(plan.slot_mapping), part(logits_indices)}, device_);
   ForwardInputs in;
-  in.input_ids = to_device(plan.input_ids, {num_tokens}, at::kInt, device_);
-  in.positions = to_device(plan.positions, {num_tokens}, at::kInt, device_);
-  in.slot_mapping = to_device(plan.slot_mapping, {num_tokens}, at::kLong, device_);
-  in.query_start_loc = to_device(plan.query_start_loc, {num_seqs + 1}, at::kInt, device_);
-  in.context_lens = to_device(plan.context_lens, {num_seqs}, at::kInt, device_);
-  in.block_tables = to_device(plan.block_tables, {num_seqs, plan.max_blocks_per_seq}, at::kInt, device_);
-  in.logits_indices = to_device(logits_indices, {static_cast<int64_t>(logits_indices.size())}, at::kLong, device_);
+  in.input_ids = ints[0];
+  in.positions = ints[1];
+  in.query_start_loc = ints[2];
+  in.context_lens = ints[3];
+  in.block_tables = ints[4].view({num_seqs, plan.max_blocks_per_seq});
+  in.slot_mapping = longs[0];
+  in.logits_indices = longs[1];
   for (int64_t s = 0; s < num_seqs; ++s) {
     in.max_query_len = std::max<int64_t>(in.max_query_len, plan.query_start_loc[s + 1] - plan.query_start_loc[s]);
     in.max_context_len = std::max<int64_t>(in.max_context_len, plan.context_lens[s]);

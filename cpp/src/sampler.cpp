@@ -1,6 +1,7 @@
 #include "fastpage/sampler.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/argmax.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -13,8 +14,7 @@
 namespace fastpage {
 namespace {
 
-// The logits as a contiguous CPU float32 [rows, vocab] tensor (a no-op for the runner's output).
-at::Tensor cpu_float_logits(const at::Tensor& logits) {
+void check_logits(const at::Tensor& logits) {
   if (logits.dim() != 2 || logits.size(1) == 0) {
     throw std::invalid_argument("logits must be [rows, vocab] with vocab > 0, got " +
                                 std::to_string(logits.dim()) + " dims");
@@ -22,6 +22,11 @@ at::Tensor cpu_float_logits(const at::Tensor& logits) {
   if (!at::isFloatingType(logits.scalar_type())) {
     throw std::invalid_argument("logits must have a floating dtype");
   }
+}
+
+// The logits as a contiguous CPU float32 [rows, vocab] tensor (a no-op for CPU runner output).
+at::Tensor cpu_float_logits(const at::Tensor& logits) {
+  check_logits(logits);
   return logits.to(at::kCPU, at::kFloat).contiguous();
 }
 
@@ -40,8 +45,16 @@ int32_t num_top_logprobs(const SamplingParams& params) {
 
 // Greedy rows that no processor touches: argmax straight on their logits rows, no copy. (A plain
 // loop: ATen's CPU argmax measured no faster per row, and batching would first gather the rows.)
+// On a GPU the argmax of every logits row runs there and only the ids come back to the host.
 void sample_plain_greedy(const at::Tensor& logits, const std::vector<SamplingRow>& rows,
                          const std::vector<int64_t>& row_indices, std::vector<int32_t>& tokens) {
+  if (row_indices.empty()) return;
+  if (!logits.is_cpu()) {
+    const at::Tensor row_argmax = at::argmax(logits, /*dim=*/1).to(at::kCPU);
+    const int64_t* best = row_argmax.const_data_ptr<int64_t>();
+    for (int64_t i : row_indices) tokens[i] = static_cast<int32_t>(best[rows[i].logits_row]);
+    return;
+  }
   const int64_t vocab = logits.size(1);
   const float* logits_data = logits.const_data_ptr<float>();
   at::parallel_for(0, static_cast<int64_t>(row_indices.size()), 1, [&](int64_t begin, int64_t end) {
@@ -55,6 +68,7 @@ void sample_plain_greedy(const at::Tensor& logits, const std::vector<SamplingRow
 // The other rows, each on its own float32 copy: processors, then argmax or a seeded draw.
 void sample_processed(const at::Tensor& logits, const std::vector<SamplingRow>& rows,
                       const std::vector<int64_t>& row_indices, std::vector<int32_t>& tokens) {
+  if (row_indices.empty()) return;
   const int64_t vocab = logits.size(1);
   const float* logits_data = logits.const_data_ptr<float>();
   at::parallel_for(0, static_cast<int64_t>(row_indices.size()), 1, [&](int64_t begin, int64_t end) {
@@ -82,18 +96,23 @@ bool wants_logprobs(const SamplingParams& params) {
 }
 
 SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<SamplingRow>& rows) const {
-  const at::Tensor logits = cpu_float_logits(logits_in);
-  const int64_t vocab = logits.size(1);
-  for (const SamplingRow& row : rows) validate_row(row, logits.size(0), vocab);
+  check_logits(logits_in);
+  const int64_t vocab = logits_in.size(1);
+  for (const SamplingRow& row : rows) validate_row(row, logits_in.size(0), vocab);
 
   std::vector<int64_t> plain_greedy, processed;
+  bool any_logprobs = false;
   for (size_t i = 0; i < rows.size(); ++i) {
     const bool plain = rows[i].params->greedy() && !sampling::has_logits_processors(rows[i]);
     (plain ? plain_greedy : processed).push_back(static_cast<int64_t>(i));
+    any_logprobs = any_logprobs || wants_logprobs(*rows[i].params);
   }
+  // Device logits come to the host only when a row needs more than its argmax.
+  const bool need_host = logits_in.is_cpu() || !processed.empty() || any_logprobs;
+  const at::Tensor logits = need_host ? cpu_float_logits(logits_in) : logits_in;
   SampleResult result;
   result.tokens.resize(rows.size());
-  sample_plain_greedy(logits, rows, plain_greedy, result.tokens);
+  sample_plain_greedy(logits_in.is_cpu() ? logits : logits_in, rows, plain_greedy, result.tokens);
   sample_processed(logits, rows, processed, result.tokens);
 
   result.logprobs.resize(rows.size());

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #ifdef FASTPAGE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #endif
@@ -29,6 +30,9 @@ int64_t cuda_kv_budget_bytes(const ModelConfig& m, const EngineConfig& e, c10::D
                              c10::ScalarType dtype) {
   size_t free_bytes = 0, total_bytes = 0;
   c10::cuda::CUDAGuard guard(device);
+  // Blocks torch's allocator caches but no tensor holds (freed models, an earlier engine) would
+  // count as in use: hand them back to the driver first.
+  c10::cuda::CUDACachingAllocator::emptyCache();
   if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
     throw std::runtime_error("cudaMemGetInfo failed while sizing the KV cache");
   }

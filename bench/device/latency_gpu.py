@@ -1,0 +1,137 @@
+"""Batch-1 decode latency on the GPU, Llama-3-8B shape (32 layers, random bf16 weights): a 512-token
+prompt, 128 new tokens (greedy, EOS ignored). fastpage's ms/token is the mean time of the 127 decode
+steps (the first step is the prefill); HF transformers `generate` runs the same request in the same
+run. The roofline is the bytes a decode step must read (every weight but the embedding table, plus
+the KV cache) over the measured device-to-device copy bandwidth.
+
+Usage (on the GPU machine): python bench/device/latency_gpu.py --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from model_shapes import make_checkpoint  # noqa: E402
+
+WORKLOAD = "latency-bs1-512in-128out-llama-3-8b"
+PROMPT_LEN, NEW_TOKENS = 512, 128
+
+
+def copy_bandwidth_bytes_per_s(num_bytes: int = 2 << 30) -> float:
+    """A large device-to-device copy, counting bytes read plus bytes written; median of 20."""
+    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(23):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * num_bytes / statistics.median(times[3:])
+
+
+def run_fastpage(path: str, prompt: list[int]) -> dict:
+    from fastpage import LLM, SamplingParams
+
+    llm = LLM(model=path, dtype="bfloat16", max_model_len=2048, max_num_seqs=8, gpu_memory_utilization=0.9,
+              enforce_eager=True)
+    engine = llm.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, detokenize=False)
+    llm.generate([{"prompt_token_ids": prompt[:64]}], SamplingParams(temperature=0.0, max_tokens=8,
+                 ignore_eos=True, detokenize=False), use_tqdm=False)  # warm-up
+    runs = []
+    for run in range(3):
+        engine.add_request(f"r{run}", {"prompt_token_ids": prompt}, params)
+        step_times, num_tokens = [], 0
+        while engine.has_unfinished_requests():
+            start = time.perf_counter()
+            for out in engine.step():
+                num_tokens = len(out.outputs[0].token_ids)
+            step_times.append(time.perf_counter() - start)
+        assert num_tokens == NEW_TOKENS and len(step_times) == NEW_TOKENS, (num_tokens, len(step_times))
+        runs.append(step_times)
+    best = min(runs, key=lambda t: sum(t[1:]))
+    decode = best[1:]
+    del llm, engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return dict(engine="fastpage", ms_per_token=1e3 * sum(decode) / len(decode),
+                median_ms_per_token=1e3 * statistics.median(decode), prefill_ms=1e3 * best[0],
+                output_tok_per_s=len(decode) / sum(decode), enforce_eager=True,
+                runs_ms_per_token=[1e3 * sum(t[1:]) / len(t[1:]) for t in runs])
+
+
+@torch.no_grad()
+def run_hf(model, prompt: list[int]) -> dict:
+    input_ids = torch.tensor([prompt], device="cuda")
+    common = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def timed(new_tokens: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.generate(input_ids=input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **common)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed(4)  # warm-up
+    prefill = min(timed(1) for _ in range(2))
+    total = timed(NEW_TOKENS)
+    decode = (total - prefill) / (NEW_TOKENS - 1)
+    return dict(engine="hf-transformers", ms_per_token=1e3 * decode, prefill_ms=1e3 * prefill,
+                output_tok_per_s=1 / decode)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--path", default="/tmp/fastpage_bench/llama-3-8b")
+    args = parser.parse_args()
+
+    device = torch.cuda.get_device_name()
+    bandwidth = copy_bandwidth_bytes_per_s()
+    start = time.perf_counter()
+    model = make_checkpoint("llama-3-8b", args.path)
+    print(f"checkpoint written in {time.perf_counter() - start:.1f} s")
+    config = model.config
+    embed_bytes = model.get_input_embeddings().weight.numel() * 2
+    weights_read = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_bytes
+    context = PROMPT_LEN + NEW_TOKENS // 2  # mean context over the decode steps
+    kv_read = context * config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 2
+    roofline_ms = 1e3 * (weights_read + kv_read) / bandwidth
+    prompt = [random.Random(0).randrange(10000) for _ in range(PROMPT_LEN)]
+    common = dict(device=device, workload=WORKLOAD, model_shape="llama-3-8b (32 layers, random bf16 weights)",
+                  roofline_ms_per_token=roofline_ms, weight_bytes_read_per_token=weights_read,
+                  kv_bytes_read_per_token=kv_read, copy_GBps=bandwidth / 1e9)
+
+    hf = {**common, **run_hf(model, prompt)}
+    print(json.dumps(hf))
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    ours = {**common, **run_fastpage(args.path, prompt)}
+    ours["fraction_of_roofline"] = roofline_ms / ours["ms_per_token"]
+    ours["speedup_vs_hf"] = hf["ms_per_token"] / ours["ms_per_token"]
+    print(json.dumps(ours))
+    with open(args.out, "w") as f:
+        json.dump([hf, ours], f, indent=1)
+    print(f"roofline {roofline_ms:.2f} ms/token ({weights_read / 1e9:.2f} GB weights + {kv_read / 1e6:.0f} MB KV "
+          f"at {bandwidth / 1e12:.2f} TB/s)")
+    for row in (hf, ours):
+        print(f"{row['engine']:>16}: {row['ms_per_token']:.2f} ms/token")
+
+
+if __name__ == "__main__":
+    main()
