@@ -12,6 +12,7 @@
 #include <string>
 
 #include "fastpage/ops.h"
+#include "model/decode_graphs.h"
 #include "model/decoder_model.h"
 #include "model/kv_cache.h"
 
@@ -97,6 +98,10 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
   const int64_t num_blocks = plan_num_device_blocks(model, engine, device_, dtype);
   const int64_t num_host_blocks = plan_num_host_blocks(model, engine, dtype);
   kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
+  if (device_.is_cuda() && !engine.enforce_eager) {
+    decode_graphs_ = std::make_unique<DecodeGraphs>(*model_, *kv_cache_, engine.max_num_seqs, max_model_len,
+                                                    engine.block_size, device_);
+  }
   const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
   std::fprintf(stderr,
                "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
@@ -140,6 +145,7 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
   if (num_tokens == 0) {
     return at::empty({0, model_config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
   }
+  if (decode_graphs_ && decode_graphs_->accepts(plan, logits_indices)) return decode_graphs_->run(plan);
   // Two transfers per step (int32 and int64 inputs), queued without waiting for the device.
   const std::vector<at::Tensor> ints = upload<int32_t>(
       {part(plan.input_ids), part(plan.positions), part(plan.query_start_loc), part(plan.context_lens),

@@ -2,7 +2,8 @@
 # On the GPU machine: build fastpage with CUDA, run the end-to-end GPU engine tests against HF
 # transformers, then the throughput and latency benchmarks (fastpage and HF in the same run).
 # Logs and JSON go under $OUT. Usage, from the repository root: bash tests/gpu/run_engine_on_device.sh
-# STAGES (default "test throughput latency") picks what runs after the build.
+# STAGES (default "test throughput latency") picks what runs after the build; THROUGHPUT_ARGS
+# go to bench/device/throughput_gpu.py (e.g. --skip-hf).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-out}
@@ -40,7 +41,7 @@ for stage in $STAGES; do
       timeout 220 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" 2>&1 | tee "$OUT/latency.log" | tail -8
       ;;
     throughput)
-      timeout 180 python3 bench/device/throughput_gpu.py --out "$OUT/throughput_gpu.json" 2>&1 |
+      timeout 180 python3 bench/device/throughput_gpu.py --out "$OUT/throughput_gpu.json" ${THROUGHPUT_ARGS:-} 2>&1 |
         tee "$OUT/throughput.log" | tail -8
       ;;
   esac

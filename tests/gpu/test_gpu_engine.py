@@ -95,17 +95,19 @@ def hf_greedy(model, prompt, num_tokens):
     return tokens, step_logits
 
 
-def test_greedy_generation_matches_hf(checkpoint):
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_greedy_generation_matches_hf(checkpoint, enforce_eager):
     """Mixed-length prompts, half of them behind a shared prefix that is already cached, prefilled
-    in chunks of at most 64 tokens: the 64 greedy tokens equal HF's, or the first difference is a
-    near-tie (the two tokens' HF logits differ by less than HF's own bf16 error on that row)."""
+    in chunks of at most 64 tokens, decodes through CUDA graphs (batch 6 padded to 8) or eagerly:
+    the 64 greedy tokens equal HF's, or the first difference is a near-tie (the two tokens' HF
+    logits differ by less than HF's own bf16 error on that row)."""
     from fastpage import LLM, SamplingParams
 
     path, hf_bf16, hf_fp32 = checkpoint
     prefix = random_prompts([SHARED_PREFIX], seed=2)[0]
     prompts = (random_prompts([1, 30, 150], seed=3, prefix=prefix) + random_prompts([5, 200, 77], seed=4))
     llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, max_num_batched_tokens=64,
-              enable_prefix_caching=True, gpu_memory_utilization=0.5)
+              enable_prefix_caching=True, gpu_memory_utilization=0.5, enforce_eager=enforce_eager)
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True, detokenize=False)
     llm.generate([{"prompt_token_ids": prefix + [5]}], SamplingParams(max_tokens=1, detokenize=False),
                  use_tqdm=False)

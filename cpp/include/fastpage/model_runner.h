@@ -23,6 +23,7 @@ namespace fastpage {
 using WeightMap = std::unordered_map<std::string, at::Tensor>;
 
 class DecoderModel;
+class DecodeGraphs;
 struct KVCache;
 
 class ModelRunner {
@@ -47,6 +48,7 @@ class ModelRunner {
   c10::ScalarType dtype_;
   std::unique_ptr<DecoderModel> model_;
   std::unique_ptr<KVCache> kv_cache_;
+  std::unique_ptr<DecodeGraphs> decode_graphs_;  // CUDA, unless enforce_eager; declared last: uses the two above
 };
 
 }  // namespace fastpage

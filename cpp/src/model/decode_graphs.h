@@ -1,0 +1,35 @@
+// CUDA graphs of the decode forward pass: one per padded batch size (1, 2, 4, ... up to
+// max_num_seqs), captured the first time a pure-decode step of that size runs. The graphs read their
+// inputs from static device buffers with room for the largest batch and the longest block table, so
+// a step only copies its plan into them and replays; padding rows write no KV (slot -1).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <vector>
+
+#include "fastpage/step_plan.h"
+
+namespace fastpage {
+
+class DecoderModel;
+struct KVCache;
+
+class DecodeGraphs {
+ public:
+  DecodeGraphs(const DecoderModel& model, const KVCache& cache, int64_t max_num_seqs, int64_t max_model_len,
+               int64_t block_size, c10::Device device);
+  ~DecodeGraphs();
+
+  // A step the graphs can run: every sequence decodes one token and wants its logits, in order.
+  bool accepts(const StepPlan& plan, const std::vector<int64_t>& logits_indices) const;
+  // float32 logits [num_seqs, vocab] (a copy: the graph's own output is rewritten by the next replay).
+  at::Tensor run(const StepPlan& plan);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fastpage
