@@ -334,36 +334,49 @@ def test_silu_and_mul(device, shape, dtype, gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_inputs_raise_clear_errors(device, gen):
-    batch = make_paged_batch([(2, 9)], num_heads=4, num_kv_heads=2, head_dim=32, block_size=8,
-                             dtype=torch.float32, device=device, generator=gen)
-    out = torch.empty_like(batch.query)
-    args = lambda **kw: {**dict(out=out, query=batch.query, key_cache=batch.key_cache,  # noqa: E731
-                                value_cache=batch.value_cache, query_start_loc=batch.query_start_loc,
-                                context_lens=batch.context_lens, block_tables=batch.block_tables,
-                                scale=batch.scale, max_query_len=2, max_context_len=9), **kw}
-    with pytest.raises(RuntimeError, match="context_lens"):
-        ops.paged_attention(**args(context_lens=torch.tensor([1], dtype=torch.int32, device=device)))
+    batch, args = _attention_args(device, gen)
     with pytest.raises(RuntimeError, match="block_tables must be int32"):
         ops.paged_attention(**args(block_tables=batch.block_tables.long()))
     with pytest.raises(RuntimeError, match="multiple of num_kv_heads"):
         q3 = torch.randn(2, 3, 32, device=device)
         ops.paged_attention(**args(query=q3, out=torch.empty_like(q3)))
-    with pytest.raises(RuntimeError, match="max_context_len"):
-        ops.paged_attention(**args(max_context_len=8))
     with pytest.raises(RuntimeError, match="dtype"):
-        ops.paged_attention(**args(out=out.bfloat16()))
-
-    key = torch.randn(2, 2, 32, device=device)
-    with pytest.raises(RuntimeError, match="slot_mapping"):
-        ops.reshape_and_cache(key, key, batch.key_cache, batch.value_cache,
-                              torch.tensor([0, 10**6], device=device))
+        ops.paged_attention(**args(out=torch.empty_like(batch.query).bfloat16()))
     with pytest.raises(RuntimeError, match="weight"):
         ops.rms_norm(torch.randn(3, 8, device=device), torch.randn(7, device=device), 1e-6)
-    with pytest.raises(RuntimeError, match="positions"):
-        ops.rotary_embedding(torch.tensor([5, 200], device=device), torch.randn(2, 64, device=device),
-                             torch.randn(2, 64, device=device), make_cos_sin_cache(100, 64, device=device), 64)
     with pytest.raises(RuntimeError, match="2 \\* d"):
         ops.silu_and_mul(torch.randn(3, 7, device=device))
+
+
+def test_bad_index_values_raise_on_cpu(gen):
+    """The CPU kernels also check index values. The CUDA launchers check shapes, dtypes and devices
+    only: reading values that live on the GPU would cost a sync per call and break CUDA graphs, and
+    the engine builds (and checks) this metadata on the host."""
+    device = "cpu"
+    batch, args = _attention_args(device, gen)
+    with pytest.raises(RuntimeError, match="context_lens"):
+        ops.paged_attention(**args(context_lens=torch.tensor([1], dtype=torch.int32)))
+    with pytest.raises(RuntimeError, match="max_context_len"):
+        ops.paged_attention(**args(max_context_len=8))
+    key = torch.randn(2, 2, 32)
+    with pytest.raises(RuntimeError, match="slot_mapping"):
+        ops.reshape_and_cache(key, key, batch.key_cache, batch.value_cache, torch.tensor([0, 10**6]))
+    with pytest.raises(RuntimeError, match="positions"):
+        ops.rotary_embedding(torch.tensor([5, 200]), torch.randn(2, 64), torch.randn(2, 64),
+                             make_cos_sin_cache(100, 64, device=device), 64)
+
+
+def _attention_args(device, gen):
+    batch = make_paged_batch([(2, 9)], num_heads=4, num_kv_heads=2, head_dim=32, block_size=8,
+                             dtype=torch.float32, device=device, generator=gen)
+    out = torch.empty_like(batch.query)
+
+    def args(**overrides):
+        return {**dict(out=out, query=batch.query, key_cache=batch.key_cache,
+                       value_cache=batch.value_cache, query_start_loc=batch.query_start_loc,
+                       context_lens=batch.context_lens, block_tables=batch.block_tables,
+                       scale=batch.scale, max_query_len=2, max_context_len=9), **overrides}
+    return batch, args
 
 
 @pytest.mark.parametrize("device", DEVICES)
