@@ -6,9 +6,11 @@
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 
+#include <memory>
 #include <string>
 
 #include "fastpage/config.h"
+#include "fastpage/engine.h"
 #include "fastpage/model_runner.h"
 
 namespace fastpage_example {
@@ -46,6 +48,23 @@ inline fastpage::WeightMap random_weights(const fastpage::ModelConfig& c, uint64
     w[p + "down_proj.weight"] = linear(c.hidden_size, c.intermediate_size);
   }
   return w;
+}
+
+// An engine on the CPU over the tiny model, with a fixed pool of KV blocks.
+inline std::unique_ptr<fastpage::Engine> tiny_llama_engine(int64_t num_blocks, int64_t block_size) {
+  const fastpage::ModelConfig model = tiny_llama_config();
+  fastpage::EngineConfig config;
+  config.num_gpu_blocks = num_blocks;
+  config.block_size = block_size;
+  return std::make_unique<fastpage::Engine>(model, config, random_weights(model, 0), c10::Device("cpu"),
+                                            c10::ScalarType::Float);
+}
+
+inline fastpage::SamplingParams greedy(int32_t max_tokens) {
+  fastpage::SamplingParams params;
+  params.temperature = 0.0f;
+  params.max_tokens = max_tokens;
+  return params;
 }
 
 }  // namespace fastpage_example

@@ -19,16 +19,9 @@ void expect(bool ok, const std::string& what) {
 }
 
 std::map<std::string, std::vector<int32_t>> run(const std::vector<std::pair<std::string, std::vector<int32_t>>>& prompts) {
-  const fastpage::ModelConfig model = fastpage_example::tiny_llama_config();
-  fastpage::EngineConfig config;
-  config.num_gpu_blocks = 32;
-  config.block_size = 8;
-  fastpage::Engine engine(model, config, fastpage_example::random_weights(model, 0), c10::Device("cpu"),
-                          c10::ScalarType::Float);
-  fastpage::SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  greedy.max_tokens = 12;
-  for (const auto& [id, tokens] : prompts) engine.add_request(id, tokens, greedy);
+  auto owned = fastpage_example::tiny_llama_engine(/*num_blocks=*/32, /*block_size=*/8);
+  fastpage::Engine& engine = *owned;
+  for (const auto& [id, tokens] : prompts) engine.add_request(id, tokens, fastpage_example::greedy(12));
   std::map<std::string, std::vector<int32_t>> out;
   while (engine.has_unfinished()) {
     for (const auto& step : engine.step()) {

@@ -271,6 +271,12 @@ class _Renamer:
             raise ValueError(f"{self.config.architecture}: checkpoint has no tensor {name!r}")
         return self.checkpoint.pop(name)
 
+    def move_with_bias(self, src: str, dst: str, transpose: bool = False) -> None:
+        """src.weight/src.bias -> dst.weight/dst.bias (GPT-2's Conv1D weights are stored transposed)."""
+        weight = self.pop(src + ".weight")
+        self.out[dst + ".weight"] = weight.t() if transpose else weight
+        self.out[dst + ".bias"] = self.pop(src + ".bias")
+
     def run(self, mapper: Callable[[_Renamer], None]) -> dict[str, torch.Tensor]:
         mapper(self)
         if self.config.tie_word_embeddings:
@@ -312,14 +318,9 @@ def _map_gpt2(r: _Renamer) -> None:
     r.strip_prefix("transformer.")
 
     def linear(src: str, dst: str) -> None:
-        # Conv1D stores [in_features, out_features].
-        r.out[dst + ".weight"] = r.pop(src + ".weight").t()
-        r.out[dst + ".bias"] = r.pop(src + ".bias")
+        r.move_with_bias(src, dst, transpose=True)  # Conv1D stores [in_features, out_features]
 
-    def norm(src: str, dst: str) -> None:
-        r.out[dst + ".weight"] = r.pop(src + ".weight")
-        r.out[dst + ".bias"] = r.pop(src + ".bias")
-
+    norm = r.move_with_bias
     r.out["embed_tokens.weight"] = r.pop("wte.weight")
     r.out["embed_positions.weight"] = r.pop("wpe.weight")
     norm("ln_f", "final_norm")
@@ -335,11 +336,7 @@ def _map_gpt2(r: _Renamer) -> None:
 
 def _map_opt(r: _Renamer) -> None:
     r.strip_prefix("model.")
-
-    def copy(src: str, dst: str) -> None:
-        r.out[dst + ".weight"] = r.pop(src + ".weight")
-        r.out[dst + ".bias"] = r.pop(src + ".bias")
-
+    copy = r.move_with_bias
     r.out["embed_tokens.weight"] = r.pop("decoder.embed_tokens.weight")
     r.out["embed_positions.weight"] = r.pop("decoder.embed_positions.weight")
     copy("decoder.final_layer_norm", "final_norm")

@@ -163,6 +163,16 @@ def sse(payload: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
+def chunk_writer(request_id: str, kind: str, created: int, model: str):
+    """SSE chunks of one streamed response: chunk(choices, usage_info=None) -> "data: ...\n\n"."""
+    def chunk(choices: list, usage_info: dict | None = None) -> str:
+        body = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices}
+        if usage_info is not None:
+            body["usage"] = usage_info
+        return sse(body)
+    return chunk
+
+
 def sse_error(err: BaseException) -> str:
     if isinstance(err, OpenAIError):
         return sse(error_body(err.message, err.status, err.param))

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from fastpage.server.errors import OpenAIError, param_from_value_error
 from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, random_id
-from fastpage.server.serving_base import ServingContext, final_outputs, sse, sse_error, usage
+from fastpage.server.serving_base import ServingContext, chunk_writer, final_outputs, sse, sse_error, usage
 from fastpage.server.tool_parsers import TOOL_PARSERS, ToolParser
 
 
@@ -155,12 +155,7 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
     completion_tokens = 0
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    def chunk(choices, usage_info=None):
-        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": choices}
-        if usage_info is not None:
-            body["usage"] = usage_info
-        return sse(body)
+    chunk = chunk_writer(request_id, "chat.completion.chunk", created, model)
 
     try:
         for i in range(n):

@@ -7,8 +7,8 @@ import time
 from fastapi.responses import StreamingResponse
 
 from fastpage.server.protocol import CompletionRequest, random_id
-from fastpage.server.serving_base import (ServingContext, final_outputs, merged, sse, sse_error,
-                                          usage)
+from fastpage.server.serving_base import (ServingContext, chunk_writer, final_outputs, merged, sse,
+                                          sse_error, usage)
 
 
 async def create_completion(ctx: ServingContext, req: CompletionRequest):
@@ -64,12 +64,7 @@ async def _stream(ctx, req, model, request_id, created, prompts, streams):
     sent_tokens: dict[tuple[int, int], int] = {}
     completion_tokens = 0
 
-    def chunk(choices, usage_info=None):
-        body = {"id": request_id, "object": "text_completion", "created": created, "model": model,
-                "choices": choices}
-        if usage_info is not None:
-            body["usage"] = usage_info
-        return sse(body)
+    chunk = chunk_writer(request_id, "text_completion", created, model)
 
     try:
         async for p, output in merged(streams):
