@@ -1,3 +1,4 @@
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include "bindings.h"
@@ -9,15 +10,20 @@ namespace py = pybind11;
 namespace fastpage::bindings {
 
 void bind_config(py::module_& m) {
-  py::enum_<NormType>(m, "NormType").value("RMSNorm", NormType::RMSNorm).value("LayerNorm", NormType::LayerNorm);
-  py::enum_<Activation>(m, "Activation")
+  py::native_enum<NormType>(m, "NormType", "enum.Enum")
+      .value("RMSNorm", NormType::RMSNorm)
+      .value("LayerNorm", NormType::LayerNorm)
+      .finalize();
+  py::native_enum<Activation>(m, "Activation", "enum.Enum")
       .value("SiLU", Activation::SiLU)
       .value("GeluTanh", Activation::GeluTanh)
       .value("Gelu", Activation::Gelu)
-      .value("ReLU", Activation::ReLU);
-  py::enum_<PositionType>(m, "PositionType")
+      .value("ReLU", Activation::ReLU)
+      .finalize();
+  py::native_enum<PositionType>(m, "PositionType", "enum.Enum")
       .value("Rotary", PositionType::Rotary)
-      .value("Learned", PositionType::Learned);
+      .value("Learned", PositionType::Learned)
+      .finalize();
 
   py::class_<ModelConfig>(m, "ModelConfig")
       .def(py::init<>())

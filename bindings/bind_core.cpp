@@ -1,3 +1,4 @@
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include "bindings.h"
@@ -11,16 +12,18 @@ namespace py = pybind11;
 namespace fastpage::bindings {
 
 void bind_core(py::module_& m) {
-  py::enum_<SequenceStatus>(m, "SequenceStatus")
+  py::native_enum<SequenceStatus>(m, "SequenceStatus", "enum.Enum")
       .value("Waiting", SequenceStatus::Waiting)
       .value("Running", SequenceStatus::Running)
       .value("Swapped", SequenceStatus::Swapped)
-      .value("Finished", SequenceStatus::Finished);
-  py::enum_<FinishReason>(m, "FinishReason")
+      .value("Finished", SequenceStatus::Finished)
+      .finalize();
+  py::native_enum<FinishReason>(m, "FinishReason", "enum.Enum")
       .value("None_", FinishReason::None)
       .value("Stop", FinishReason::Stop)
       .value("Length", FinishReason::Length)
-      .value("Abort", FinishReason::Abort);
+      .value("Abort", FinishReason::Abort)
+      .finalize();
 
   py::class_<BlockAllocator>(m, "BlockAllocator")
       .def(py::init<int32_t>(), py::arg("num_blocks"))
