@@ -39,11 +39,15 @@ def hf_logprobs(model, token_ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(model(torch.tensor([token_ids])).logits[0].float(), dim=-1)
 
 
+@torch.no_grad()
 def hf_greedy(model, prompt_ids: list[int], num_tokens: int) -> list[int]:
-    ids = list(prompt_ids)
+    """Argmax decoding with transformers' own KV cache, EOS ignored."""
+    out = model(torch.tensor([prompt_ids]), use_cache=True)
+    tokens = []
     for _ in range(num_tokens):
-        ids.append(int(hf_logprobs(model, ids)[-1].argmax()))
-    return ids[len(prompt_ids):]
+        tokens.append(int(out.logits[0, -1].argmax()))
+        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens
 
 
 def assert_no_leaks(llm: LLM) -> None:
@@ -182,11 +186,14 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(llm, hf):
 def test_best_of_returns_the_most_likely(llm):
     prompt = {"prompt_token_ids": random_prompts([5], seed=6)[0]}
     common = dict(temperature=1.5, seed=11, max_tokens=8, ignore_eos=True)
-    everything = llm.generate(prompt, SamplingParams(n=4, **common), use_tqdm=False)[0].outputs
+    everything = llm.generate(prompt, SamplingParams(n=4, logprobs=0, **common), use_tqdm=False)[0].outputs
     best = llm.generate(prompt, SamplingParams(n=2, best_of=4, **common), use_tqdm=False)[0].outputs
     ranked = sorted(everything, key=lambda c: c.cumulative_logprob, reverse=True)[:2]
     assert [c.token_ids for c in best] == [c.token_ids for c in ranked]
     assert [c.index for c in best] == [0, 1]
+    unranked = llm.generate(prompt, SamplingParams(n=4, **common), use_tqdm=False)[0].outputs
+    assert [c.token_ids for c in unranked] == [c.token_ids for c in everything]
+    assert all(c.cumulative_logprob is None for c in unranked)  # not computed without logprobs
 
 
 def test_chat_uses_the_template(llm, hf):
@@ -260,3 +267,19 @@ def test_beam_search_matches_reference(llm, hf):
             assert sequence.cum_logprob == pytest.approx(cum, abs=1e-3)
     stats = llm.llm_engine.get_stats()
     assert stats["prefix_cache_hits"] > 0  # later steps reuse the beams' cached blocks
+
+
+def test_preempted_requests_give_the_same_text(llm, llama_dir):
+    """A KV cache too small for the batch forces preemption; the outputs (tokens and the text built
+    from them) are those of the unconstrained engine."""
+    small = LLM(model=llama_dir, dtype="float32", device="cpu", max_model_len=MAX_MODEL_LEN,
+                num_gpu_blocks_override=16, enable_prefix_caching=False)
+    prompts = [{"prompt_token_ids": p} for p in random_prompts([40, 35, 50, 45], seed=11)]
+    params = SamplingParams(max_tokens=40, **GREEDY)
+    constrained = small.generate(prompts, params, use_tqdm=False)
+    assert small.llm_engine.get_stats()["num_preemptions"] > 0
+    reference = llm.generate(prompts, params, use_tqdm=False)
+    for got, want in zip(constrained, reference):
+        assert got.outputs[0].token_ids == want.outputs[0].token_ids
+        assert got.outputs[0].text == want.outputs[0].text
+    assert_no_leaks(small)

@@ -56,7 +56,8 @@ class LLMEngine:
         dtype = loaded.weights["embed_tokens.weight"].dtype
         config = args.engine_config(max_model_len, _bytes_per_block(loaded.model_config, args.block_size, dtype),
                                     device)
-        engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
+        engine = _C.Engine(loaded.model_config, config, loaded.weights, device,
+                            str(dtype).removeprefix("torch."))
         return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
                    max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
                    generation_defaults=loaded.generation_defaults)

@@ -90,8 +90,11 @@ class SequenceState:
             self._text += self._detokenizer.flush()
 
     def to_output(self, index: int) -> CompletionOutput:
+        # The engine adds up logprobs only when it computes them (logprobs asked for, or best_of > n);
+        # otherwise there is nothing to report (vLLM reports None too).
+        computed = self._params.logprobs is not None or self._params.best_of > self._params.n
         return CompletionOutput(index=index, text=self.text, token_ids=list(self.token_ids),
-                                cumulative_logprob=self.cumulative_logprob,
+                                cumulative_logprob=self.cumulative_logprob if computed else None,
                                 logprobs=None if self.logprobs is None else list(self.logprobs),
                                 finish_reason=self.finish_reason, stop_reason=self.stop_reason)
 
