@@ -90,7 +90,9 @@ def bench_fastpage(model: str, precision: str, workload, threads: int) -> dict:
     import fastpage
 
     torch.set_num_threads(threads)
-    llm = fastpage.LLM(model=model, dtype=TORCH_DTYPES[precision], device="cpu", enable_prefix_caching=False)
+    # A KV cache that holds the whole batch workload at once, as llama.cpp's context does.
+    llm = fastpage.LLM(model=model, dtype=TORCH_DTYPES[precision], device="cpu", enable_prefix_caching=False,
+                       kv_cache_memory_bytes=3 << 30)
     engine = llm.llm_engine
     rng = random.Random(1)
 

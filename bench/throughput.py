@@ -28,6 +28,14 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def make_workload(num_prompts: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int,
                   max_token_id: int = 10000) -> list[tuple[list[int], int]]:
     """[(prompt token ids, output length)] drawn in nano-vllm's order (all prompts, then all outputs)."""
@@ -140,8 +148,8 @@ def main() -> None:
     result = (run_fastpage if args.engine == "fastpage" else run_hf)(args, workload)
     elapsed = result.pop("elapsed_s")
     row = dict(
-        device=f"{args.device}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"{torch.get_num_threads()} threads" if args.device == "cpu" else args.device,
+        device=f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+               if args.device == "cpu" else args.device,
         engine=args.engine,
         workload=args.workload or (f"{args.num_prompts} req, in {args.input_len[0]}-{args.input_len[1]}, "
                                    f"out {args.output_len[0]}-{args.output_len[1]}, seed {args.seed}"),
