@@ -7,8 +7,10 @@ transformers loads the same GGUF dequantized. Workloads (issue 4):
   prefill  one 512-token prompt, 1 output token: prefill tok/s
   batch    64 requests, prompts uniform in [50, 300], outputs uniform in [100, 300], random token
            ids < 10000, ignore_eos, seed 0: output tok/s and total tok/s
-llama-cpp-python runs one sequence at a time, so its batch figure is the requests run one after the
-other. Prints a table and writes bench/results/cpu_vs_llamacpp.json.
+llama.cpp runs the batch workload as llama-batched-bench does: every request is its own sequence
+of one unified KV cache (F32 for f32 runs, as fastpage's), prompts prefilled in 512-token ubatches,
+then all sequences decoded together, one token each per llama_decode, greedy. Prints a table and
+writes bench/results/cpu_vs_llamacpp.json.
 
     pip install llama-cpp-python          # builds llama.cpp from source (a few minutes)
     python bench/cpu_vs_llamacpp.py --precisions f32 --peers fastpage,llamacpp,hf
@@ -25,9 +27,10 @@ import time
 from typing import Callable
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_vs_llamacpp.json")
-CACHE = os.path.expanduser("~/.cache/fastpage/bench")
+CACHE = "/tmp/fastpage-bench"  # model copies: large, never committed
 DECODE_PROMPT_LEN, DECODE_TOKENS, PREFILL_LEN = 16, 128, 512
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30}  # ggml_type of the llama.cpp KV cache
 
 
 # --- workloads ------------------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ def batch_workload(num_requests: int, seed: int = 0) -> list[tuple[list[int], in
 # --- model copies at one precision -----------------------------------------------------------------------
 
 def float_copy(source: str, precision: str) -> str:
-    """The GGUF rewritten with 2-D tensors in F32/F16/BF16 (norms stay F32); cached under ~/.cache."""
+    """The GGUF rewritten with 2-D tensors in F32/F16/BF16 (norms stay F32); cached under /tmp."""
     import gguf
     from fastpage.model_loader.gguf_file import GGUFFile
 
@@ -87,7 +90,9 @@ def bench_fastpage(model: str, precision: str, workload, threads: int) -> dict:
     import fastpage
 
     torch.set_num_threads(threads)
-    llm = fastpage.LLM(model=model, dtype=TORCH_DTYPES[precision], device="cpu", enable_prefix_caching=False)
+    # A KV cache that holds the whole batch workload at once, as llama.cpp's context does.
+    llm = fastpage.LLM(model=model, dtype=TORCH_DTYPES[precision], device="cpu", enable_prefix_caching=False,
+                       kv_cache_memory_bytes=3 << 30)
     engine = llm.llm_engine
     rng = random.Random(1)
 
@@ -119,11 +124,11 @@ def bench_fastpage(model: str, precision: str, workload, threads: int) -> dict:
 
 # --- llama.cpp -----------------------------------------------------------------------------------------
 
-def bench_llamacpp(model: str, workload, threads: int) -> dict:
+def bench_llamacpp(model: str, precision: str, workload, threads: int) -> dict:
     from llama_cpp import Llama
 
     llm = Llama(model_path=model, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+                type_k=KV_TYPES[precision], type_v=KV_TYPES[precision], verbose=False)
     rng = random.Random(1)
 
     def run(prompt: list[int], max_tokens: int) -> tuple[float, float]:
@@ -141,14 +146,70 @@ def bench_llamacpp(model: str, workload, threads: int) -> dict:
     run(random_prompt(rng, 32), 8)  # warm-up
     _, decode_time = run(random_prompt(rng, DECODE_PROMPT_LEN), DECODE_TOKENS)
     prefill_time, _ = run(random_prompt(rng, PREFILL_LEN), 1)
-    start = time.perf_counter()
-    for prompt, max_tokens in workload:
-        run(prompt, max_tokens)
-    elapsed = time.perf_counter() - start
+    del llm
+    elapsed = llamacpp_batched(model, precision, workload, threads)
     num_out = sum(out for _, out in workload)
     return dict(decode_tok_s=(DECODE_TOKENS - 1) / decode_time, prefill_tok_s=PREFILL_LEN / prefill_time,
                 batch_seconds=elapsed, batch_output_tok_s=num_out / elapsed,
                 batch_total_tok_s=(num_out + sum(len(p) for p, _ in workload)) / elapsed)
+
+
+def llamacpp_batched(model: str, precision: str, workload, threads: int, n_batch: int = 2048) -> float:
+    """Seconds for the whole workload as parallel sequences of one llama.cpp context (greedy)."""
+    import ctypes
+
+    import llama_cpp as lc
+    import numpy as np
+
+    model_ptr = lc.llama_model_load_from_file(model.encode(), lc.llama_model_default_params())
+    params = lc.llama_context_default_params()
+    params.n_ctx = sum(len(p) + out for p, out in workload) + 256
+    params.n_batch, params.n_ubatch = n_batch, 512
+    params.n_seq_max, params.kv_unified = len(workload), True
+    params.type_k = params.type_v = KV_TYPES[precision]
+    params.n_threads = params.n_threads_batch = threads
+    ctx = lc.llama_init_from_model(model_ptr, params)
+    n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model_ptr))
+    batch = lc.llama_batch_init(n_batch, 0, 1)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        """entries: (token, position, sequence, wants logits)."""
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+            batch.seq_id[i][0] = seq
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(i: int) -> int:
+        logits = ctypes.cast(lc.llama_get_logits_ith(ctx, i), ctypes.POINTER(ctypes.c_float))
+        return int(np.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax())
+
+    start = time.perf_counter()
+    # Prefill: every prompt token in n_batch chunks; the last token of each prompt gives logits.
+    pending = [(t, pos, seq, pos == len(p) - 1) for seq, (p, _) in enumerate(workload) for pos, t in enumerate(p)]
+    next_token: dict[int, int] = {}
+    for begin in range(0, len(pending), n_batch):
+        chunk = pending[begin:begin + n_batch]
+        decode(chunk)
+        for i, (_, _, seq, logits) in enumerate(chunk):
+            if logits:
+                next_token[seq] = argmax(i)
+    # Decode: all unfinished sequences together, one token each.
+    generated = {seq: 1 for seq in range(len(workload))}
+    while True:
+        active = [seq for seq in range(len(workload)) if generated[seq] < workload[seq][1]]
+        if not active:
+            break
+        decode([(next_token[seq], len(workload[seq][0]) + generated[seq] - 1, seq, True) for seq in active])
+        for i, seq in enumerate(active):
+            next_token[seq] = argmax(i)
+            generated[seq] += 1
+    elapsed = time.perf_counter() - start
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
+    lc.llama_model_free(model_ptr)
+    return elapsed
 
 
 # --- HF transformers -----------------------------------------------------------------------------------
@@ -213,7 +274,7 @@ def main() -> None:
     workload = batch_workload(args.num_requests)
     peers: dict[str, Callable[[str, str], dict]] = {
         "fastpage": lambda model, precision: bench_fastpage(model, precision, workload, args.threads),
-        "llamacpp": lambda model, precision: bench_llamacpp(model, workload, args.threads),
+        "llamacpp": lambda model, precision: bench_llamacpp(model, precision, workload, args.threads),
         "hf": lambda model, precision: bench_hf(model, precision, workload, args.threads, args.hf_batch_size),
     }
     results = []

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../kernels/cpu/small_batch_linear.h"
 #include "fastpage/ops.h"
 #include "rope.h"
 
@@ -61,6 +62,17 @@ class WeightTaker {
   c10::ScalarType dtype_;
   int64_t bytes_ = 0;
 };
+
+// Decode-sized float32 products on the CPU stream the weights through their own kernel (BLAS gemv
+// reads them at about half the memory bandwidth); everything else goes to at::linear.
+at::Tensor& linear_layer(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                         const at::Tensor& bias = {}) {
+  if (kernels::cpu::use_small_batch_linear(x, weight)) {
+    kernels::cpu::small_batch_linear_out(out, x, weight, bias);
+    return out;
+  }
+  return at::linear_out(out, x, weight, bias);
+}
 
 void check_config(const ModelConfig& c) {
   const auto positive = [](int64_t v, const char* name) {
@@ -179,7 +191,7 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
   const int64_t num_tokens = x.size(0);
   const int64_t q_size = c.num_heads * c.head_dim;
   const int64_t kv_size = c.num_kv_heads * c.head_dim;
-  at::Tensor& qkv = at::linear_out(scratch.qkv, x, layer.qkv_weight, layer.qkv_bias);
+  at::Tensor& qkv = linear_layer(scratch.qkv, x, layer.qkv_weight, layer.qkv_bias);
   // Views into qkv (row stride q_size + 2 * kv_size): no copies on the way to the kernels.
   at::Tensor q = qkv.narrow(1, 0, q_size).view({num_tokens, c.num_heads, c.head_dim});
   at::Tensor k = qkv.narrow(1, q_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
@@ -196,23 +208,23 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
   ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
   ops::paged_attention(scratch.attn_out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
                        in.block_tables, attn_scale_, in.max_query_len, in.max_context_len);
-  return at::linear_out(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
+  return linear_layer(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
                         layer.o_bias);
 }
 
 at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
-    at::linear_out(scratch.gate_up, x, layer.gate_up_weight);
-    return at::linear_out(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
+    linear_layer(scratch.gate_up, x, layer.gate_up_weight);
+    return linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
   }
-  at::Tensor& up = at::linear_out(scratch.gate_up, x, layer.up_weight, layer.up_bias);
+  at::Tensor& up = linear_layer(scratch.gate_up, x, layer.up_weight, layer.up_bias);
   switch (config_.activation) {
     case Activation::GeluTanh: at::gelu_(up, "tanh"); break;
     case Activation::Gelu: at::gelu_(up, "none"); break;
     case Activation::ReLU: at::relu_(up); break;
     case Activation::SiLU: throw std::invalid_argument("SiLU needs gated_mlp");
   }
-  return at::linear_out(scratch.down_proj, up, layer.down_weight, layer.down_bias);
+  return linear_layer(scratch.down_proj, up, layer.down_weight, layer.down_bias);
 }
 
 at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) const {
@@ -230,7 +242,8 @@ at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) 
   at::Tensor last_hidden = hidden.index_select(0, in.logits_indices);
   at::Tensor last_residual = residual.index_select(0, in.logits_indices);
   at::Tensor normed = add_and_norm(last_hidden, last_residual, final_norm_);
-  return at::linear(normed, lm_head_).to(at::kFloat);
+  at::Tensor logits = at::empty({normed.size(0), lm_head_.size(0)}, normed.options());
+  return linear_layer(logits, normed, lm_head_).to(at::kFloat);
 }
 
 }  // namespace fastpage

@@ -26,7 +26,7 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   FASTPAGE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "fastpage_silu_and_mul", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(2 * d), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* gate = src + x_rows.offset(r);
         const scalar_t* up = gate + d;

@@ -77,7 +77,7 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
   const auto* v_src = static_cast<const char*>(value.const_data_ptr());
   auto* k_dst = static_cast<char*>(key_cache.data_ptr());
   auto* v_dst = static_cast<char*>(value_cache.data_ptr());
-  at::parallel_for(0, num_tokens, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_tokens, grain_for(2 * num_heads * head_dim), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (slots[t] < 0) continue;  // padding token: no slot
       for (int64_t h = 0; h < num_heads; ++h) {

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <type_traits>
@@ -40,6 +41,16 @@ void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, cons
 at::Tensor silu_and_mul(const at::Tensor& x);
 void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping);
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
+
+// Elements of work below which a kernel runs on the calling thread (ATen's at::internal::GRAIN_SIZE).
+// A parallel region costs an OpenMP fork and join (microseconds on an idle machine, a scheduler time
+// slice on a busy one), which the small ops of a decode step cannot pay back.
+constexpr int64_t kParallelGrain = 32768;
+
+// Items per at::parallel_for task so that a task holds at least kParallelGrain elements of work.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work_per_item));
+}
 
 // Element offset of row `row` of a tensor seen as [rows, size(-1)], for tensors whose leading dims
 // are arbitrarily strided (views such as q/k/v split out of a fused qkv projection).

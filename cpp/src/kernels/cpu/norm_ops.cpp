@@ -33,8 +33,6 @@ void normalize_row(const float* row, const scalar_t* weight, scalar_t* dst, int6
   }
 }
 
-constexpr int64_t kRowsGrain = 4;
-
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -48,7 +46,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowsGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(hidden), [&](int64_t begin, int64_t end) {
       std::vector<float> buf(hidden);
       for (int64_t r = begin; r < end; ++r) {
         const float* row = as_float_row(src + x_rows.offset(r), buf.data(), hidden);
@@ -76,7 +74,7 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
     scalar_t* x_data = x.data_ptr<scalar_t>();
     scalar_t* res_data = residual.data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowsGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(hidden), [&](int64_t begin, int64_t end) {
       std::vector<float> sum(hidden);
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* xr = x_data + r * hidden;

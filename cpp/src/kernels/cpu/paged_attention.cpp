@@ -355,13 +355,22 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
     if (lo < hi) order.push_back(items[--hi]);
   }
 
+  // (query row, key) pairs the items score, each a head_dim dot product and accumulation: below
+  // ATen's grain of work (a decode step over short contexts) one thread does all of it.
+  int64_t num_pairs = 0;
+  for (const WorkItem& item : items) {
+    const int64_t q_len = starts[item.seq + 1] - starts[item.seq];
+    num_pairs += (item.token_end - item.token_begin) * g.group * (lens[item.seq] - q_len + item.token_end);
+  }
+  const int64_t num_items = static_cast<int64_t>(order.size());
+  const int64_t grain = num_pairs * g.head_dim <= kParallelGrain ? num_items : 1;
   FASTPAGE_DISPATCH_FLOAT_TYPES(query.scalar_type(), "fastpage_paged_attention", [&] {
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const scalar_t* k = key_cache.const_data_ptr<scalar_t>();
     const scalar_t* v = value_cache.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     std::vector<float> partials(num_partials * rows_per_tile * (g.head_dim + 2));
-    at::parallel_for(0, static_cast<int64_t>(order.size()), 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, num_items, grain, [&](int64_t begin, int64_t end) {
       Scratch scratch(rows_per_tile, g.head_dim);
       for (int64_t i = begin; i < end; ++i) {
         attend_tile<scalar_t>(order[i], g, q, k, v, o, partials.data(), rows_per_tile, starts, lens,

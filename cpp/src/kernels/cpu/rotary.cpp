@@ -51,7 +51,8 @@ void rotary_kernel(const pos_t* positions, int64_t num_tokens, scalar_t* query,
                    const HeadLayout& q_layout, scalar_t* key, const HeadLayout& k_layout,
                    const cache_t* cos_sin_cache, int64_t head_dim) {
   const int64_t half = head_dim / 2;
-  at::parallel_for(0, num_tokens, 4, [&](int64_t begin, int64_t end) {
+  const int64_t work_per_token = (q_layout.num_heads + k_layout.num_heads) * head_dim;
+  at::parallel_for(0, num_tokens, grain_for(work_per_token), [&](int64_t begin, int64_t end) {
     std::vector<float> cos_sin(head_dim);
     for (int64_t t = begin; t < end; ++t) {
       const float* cs = as_float_row(cos_sin_cache + positions[t] * head_dim, cos_sin.data(),

@@ -1,0 +1,71 @@
+// y = x @ w.T (+ bias) for a few rows of x (batch-1 and small-batch decode) in float32 on the CPU.
+// Decode reads every weight once per step, so this is a stream over w: each thread takes a range of
+// output rows and dots them with the (cached) rows of x. BLAS sgemv reached about half the machine's
+// read bandwidth on the AMD dev box (13 of 28 GB/s), which made batch-1 decode twice the floor.
+#include "small_batch_linear.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include "cpu_kernels.h"
+
+namespace fastpage::kernels::cpu {
+namespace {
+
+void linear_rows(const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y,
+                 int64_t n, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* w_row = w + r * k;
+    for (int64_t i = 0; i < num_x; ++i) {
+      const float sum = dot(x + i * k, w_row, k);
+      y[i * n + r] = bias ? sum + bias[r] : sum;
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The same loop compiled for AVX2 + FMA and picked at run time: the portable build is SSE2 only.
+__attribute__((target("avx2,fma"), flatten)) void linear_rows_avx2(
+    const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y, int64_t n,
+    int64_t row_begin, int64_t row_end) {
+  linear_rows(x, num_x, k, w, bias, y, n, row_begin, row_end);
+}
+using RowsFn = decltype(&linear_rows);
+RowsFn best_rows_fn() {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2 ? &linear_rows_avx2 : &linear_rows;
+}
+#else
+using RowsFn = decltype(&linear_rows);
+RowsFn best_rows_fn() { return &linear_rows; }
+#endif
+
+}  // namespace
+
+bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+         x.dim() == 2 && x.size(0) <= kSmallBatchRows && weight.is_contiguous() && x.is_contiguous();
+}
+
+void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias) {
+  const int64_t num_x = x.size(0), k = x.size(1), n = weight.size(0);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == k, "fastpage small_batch_linear: weight ",
+              weight.sizes(), " does not match x ", x.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.numel() == n && bias.is_contiguous() &&
+                                  bias.scalar_type() == at::kFloat),
+              "fastpage small_batch_linear: bias must be a contiguous float32 [", n, "]");
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == num_x &&
+                  out.size(1) == n,
+              "fastpage small_batch_linear: out must be a contiguous float32 [", num_x, ", ", n, "]");
+  const float* x_data = x.const_data_ptr<float>();
+  const float* w_data = weight.const_data_ptr<float>();
+  const float* b_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  float* y_data = out.data_ptr<float>();
+  const RowsFn rows = best_rows_fn();
+  at::parallel_for(0, n, grain_for(k * num_x), [&](int64_t begin, int64_t end) {
+    rows(x_data, num_x, k, w_data, b_data, y_data, n, begin, end);
+  });
+}
+
+}  // namespace fastpage::kernels::cpu

@@ -1,0 +1,16 @@
+// Float32 linear layer for decode-sized inputs on the CPU (see small_batch_linear.cpp).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace fastpage::kernels::cpu {
+
+constexpr int64_t kSmallBatchRows = 4;
+
+// True when small_batch_linear_out handles x @ weight.T: CPU float32, contiguous, at most
+// kSmallBatchRows rows of x.
+bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight);
+// out [rows, out_features] = x @ weight.T + bias (bias may be undefined).
+void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias);
+
+}  // namespace fastpage::kernels::cpu
