@@ -34,13 +34,7 @@ void check_block_mapping(const at::Tensor& mapping, int64_t num_src_blocks, int6
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
                        const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
   constexpr const char* op = "fastpage.reshape_and_cache: ";
-  TORCH_CHECK(key_cache.dim() == 4, op,
-              "key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got ",
-              key_cache.sizes());
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, "value_cache shape ",
-              value_cache.sizes(), " must equal key_cache shape ", key_cache.sizes());
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op,
-              "key_cache and value_cache must be contiguous");
+  check_kv_caches(key_cache, value_cache, op);
   const int64_t num_heads = key_cache.size(2);
   const int64_t head_dim = key_cache.size(3);
   TORCH_CHECK(key.dim() == 3 && key.size(1) == num_heads && key.size(2) == head_dim, op,

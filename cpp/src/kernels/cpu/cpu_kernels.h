@@ -27,6 +27,17 @@ inline void check_float_dtype(const at::Tensor& t, const char* op, const char* n
               " must be float32, bfloat16 or float16, got ", dtype);
 }
 
+// One layer's K and V caches: [num_blocks, block_size, num_kv_heads, head_dim], same shape, contiguous.
+inline void check_kv_caches(const at::Tensor& key_cache, const at::Tensor& value_cache, const char* op) {
+  TORCH_CHECK(key_cache.dim() == 4, op,
+              "key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got ",
+              key_cache.sizes());
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, "value_cache shape ",
+              value_cache.sizes(), " must equal key_cache shape ", key_cache.sizes());
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op,
+              "key_cache and value_cache must be contiguous");
+}
+
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
                        const at::Tensor& value_cache, const at::Tensor& slot_mapping);
 void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,

@@ -241,13 +241,7 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
               " must equal query shape ", query.sizes());
   TORCH_CHECK(query.stride(2) == 1 && out.stride(2) == 1, op,
               "query and out must be contiguous in head_dim");
-  TORCH_CHECK(key_cache.dim() == 4, op,
-              "key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got ",
-              key_cache.sizes());
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, "value_cache shape ",
-              value_cache.sizes(), " must equal key_cache shape ", key_cache.sizes());
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op,
-              "key_cache and value_cache must be contiguous");
+  check_kv_caches(key_cache, value_cache, op);
   for (const at::Tensor* t : {&out, &key_cache, &value_cache}) {
     TORCH_CHECK(t->scalar_type() == query.scalar_type(), op,
                 "out, key_cache and value_cache must have the query dtype ", query.scalar_type(),
