@@ -12,7 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
+import fastpage
+
+# The server process imports the same fastpage as the tests (an installed wheel or PYTHONPATH=python).
+FASTPAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastpage.__file__)))
 
 
 def free_port() -> int:
@@ -28,7 +31,7 @@ def running_server(module_args: list[str], log_path, env: dict[str, str] | None 
     terminates the process afterwards. A process that exits early fails with its log's tail."""
     port = free_port()
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-    full_env["PYTHONPATH"] = os.pathsep.join([PYTHON_DIR, os.environ.get("PYTHONPATH", "")])
+    full_env["PYTHONPATH"] = os.pathsep.join([FASTPAGE_PARENT, os.environ.get("PYTHONPATH", "")])
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(port)],
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
