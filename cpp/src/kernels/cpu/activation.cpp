@@ -4,10 +4,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
-#include <cmath>
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "vector_exp.h"
 
 namespace fastpage::kernels::cpu {
 
@@ -31,9 +31,17 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
         const scalar_t* gate = src + x_rows.offset(r);
         const scalar_t* up = gate + d;
         scalar_t* o = dst + r * d;
-        for (int64_t i = 0; i < d; ++i) {
-          const float g = static_cast<float>(gate[i]);
-          o[i] = static_cast<scalar_t>(g / (1.f + std::exp(-g)) * static_cast<float>(up[i]));
+        // In blocks, so that the exp runs over float arrays and vectorizes.
+        constexpr int64_t kBlock = 64;
+        float g[kBlock], e[kBlock];
+        for (int64_t i0 = 0; i0 < d; i0 += kBlock) {
+          const int64_t n = std::min(kBlock, d - i0);
+          for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(gate[i0 + i]);
+          for (int64_t i = 0; i < n; ++i) e[i] = -g[i];
+          exp_in_place(e, n);
+          for (int64_t i = 0; i < n; ++i) {
+            o[i0 + i] = static_cast<scalar_t>(g[i] / (1.f + e[i]) * static_cast<float>(up[i0 + i]));
+          }
         }
       }
     });

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "vector_exp.h"
 
 namespace fastpage::kernels::cpu {
 namespace {
@@ -65,6 +66,16 @@ FASTPAGE_VECTOR_CLONES
 void score_keys(const float* q, const float* const* keys, int64_t num_keys, int64_t D,
                 float* scores) {
   for (int64_t k = 0; k < num_keys; ++k) scores[k] = dot(q, keys[k], D);
+}
+
+// scores[k] = exp(scores[k] - max), returning their sum.
+FASTPAGE_VECTOR_CLONES
+float softmax_weights(float* scores, int64_t num_keys, float max) {
+  for (int64_t k = 0; k < num_keys; ++k) scores[k] -= max;
+  exp_in_place(scores, num_keys);
+  float sum = 0.f;
+  for (int64_t k = 0; k < num_keys; ++k) sum += scores[k];
+  return sum;
 }
 
 // acc += sum_k p[k] * v_rows[k]. Sixteen outputs at a time stay in registers across all the keys,
@@ -160,12 +171,7 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
         for (int64_t d = 0; d < D; ++d) acc[d] *= correction;
         scratch.row_max[r] = new_max;
       }
-      float sum = 0.f;
-      for (int64_t k = 0; k < num_valid; ++k) {
-        scores[k] = std::exp(scores[k] - new_max);
-        sum += scores[k];
-      }
-      scratch.row_sum[r] += sum;
+      scratch.row_sum[r] += softmax_weights(scores, num_valid, new_max);
     }
 
     for (int64_t r = 0; r < rows; ++r) {
