@@ -112,6 +112,14 @@ StepPlan Scheduler::schedule() {
   auto room = [&] { return budget > 0 && static_cast<int32_t>(scheduled.size()) < max_seqs; };
   // Forks can push the running count past max_num_seqs; nothing joins it until it is back below.
   auto can_join = [&] { return room() && static_cast<int32_t>(s.running.size()) < max_seqs; };
+  // A swapped or waiting sequence (already taken off its queue) joins the running set this step.
+  auto start_running = [&](Sequence& seq, int32_t num_new) {
+    seq.status = SequenceStatus::Running;
+    s.running.insert(s.key(seq));
+    s.append_slots(seq, num_new, plan);
+    scheduled.push_back({&seq, num_new});
+    budget -= num_new;
+  };
 
   // 1. Running sequences, preempting from the back when blocks run out.
   bool preempted = false;
@@ -150,12 +158,8 @@ StepPlan Scheduler::schedule() {
     }
     s.host.free_all(seq.swapped_blocks);
     seq.swapped_blocks.clear();
-    seq.status = SequenceStatus::Running;
     it = s.swapped.erase(it);
-    s.running.insert(s.key(seq));
-    s.append_slots(seq, num_new, plan);
-    scheduled.push_back({&seq, num_new});
-    budget -= num_new;
+    start_running(seq, num_new);
   }
 
   // 3. Waiting sequences in order, each starting after its longest cached prefix.
@@ -179,12 +183,8 @@ StepPlan Scheduler::schedule() {
     if (seq.num_preemptions == 0) {
       seq.num_cached_prompt_tokens = std::min(seq.num_computed_tokens, seq.num_prompt_tokens);
     }
-    seq.status = SequenceStatus::Running;
     it = s.waiting.erase(it);
-    s.running.insert(s.key(seq));
-    s.append_slots(seq, num_new, plan);
-    scheduled.push_back({&seq, num_new});
-    budget -= num_new;
+    start_running(seq, num_new);
   }
 
   // The plan: decodes (one new token past the prompt) first, then prefill chunks.
