@@ -41,6 +41,26 @@ struct ModelConfig {
   int64_t learned_position_offset = 0;  // OPT stores positions shifted by 2
 };
 
+// Tensor (Megatron) and pipeline parallelism over torch.distributed process groups that the caller
+// created (Python: fastpage.distributed); C++ finds them by ProcessGroup.group_name and runs the
+// collectives. Rank 0 is the process that holds the Engine; ranks 1.. run fastpage::Worker.
+struct ParallelConfig {
+  int32_t tensor_parallel_size = 1;
+  int32_t pipeline_parallel_size = 1;
+  int32_t rank = 0;  // global rank = pp_rank * tensor_parallel_size + tp_rank
+  // Group names; "" where the group would have one rank.
+  std::string world_group;  // every rank, Gloo: rank 0's step plans and shutdown (created with a very long timeout)
+  std::string tp_group;     // the ranks of this pipeline stage, in tp_rank order
+  std::string pp_group;     // the ranks with this tp_rank, one per stage, in stage order
+  // The data groups (tp, pp) were created with this timeout; startup agreement on the world group
+  // waits this long too.
+  double timeout_seconds = 60;
+
+  int32_t world_size() const { return tensor_parallel_size * pipeline_parallel_size; }
+  int32_t tp_rank() const { return rank % tensor_parallel_size; }
+  int32_t pp_rank() const { return rank / tensor_parallel_size; }
+};
+
 // How the engine schedules and how big its KV cache is.
 struct EngineConfig {
   int64_t block_size = 16;
@@ -59,6 +79,7 @@ struct EngineConfig {
   bool enforce_eager = false;
   uint64_t seed = 0;
   int64_t max_logprobs = 20;
+  ParallelConfig parallel;
 };
 
 }  // namespace fastpage
