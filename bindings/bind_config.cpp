@@ -54,6 +54,19 @@ void bind_config(py::module_& m) {
       .def_readwrite("tie_word_embeddings", &ModelConfig::tie_word_embeddings)
       .def_readwrite("learned_position_offset", &ModelConfig::learned_position_offset);
 
+  py::class_<ParallelConfig>(m, "ParallelConfig")
+      .def(py::init<>())
+      .def_readwrite("tensor_parallel_size", &ParallelConfig::tensor_parallel_size)
+      .def_readwrite("pipeline_parallel_size", &ParallelConfig::pipeline_parallel_size)
+      .def_readwrite("rank", &ParallelConfig::rank)
+      .def_readwrite("world_group", &ParallelConfig::world_group)
+      .def_readwrite("tp_group", &ParallelConfig::tp_group)
+      .def_readwrite("pp_group", &ParallelConfig::pp_group)
+      .def_readwrite("timeout_seconds", &ParallelConfig::timeout_seconds)
+      .def_property_readonly("world_size", &ParallelConfig::world_size)
+      .def_property_readonly("tp_rank", &ParallelConfig::tp_rank)
+      .def_property_readonly("pp_rank", &ParallelConfig::pp_rank);
+
   py::class_<EngineConfig>(m, "EngineConfig")
       .def(py::init<>())
       .def_readwrite("block_size", &EngineConfig::block_size)
@@ -69,7 +82,8 @@ void bind_config(py::module_& m) {
       .def_readwrite("enable_chunked_prefill", &EngineConfig::enable_chunked_prefill)
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
       .def_readwrite("seed", &EngineConfig::seed)
-      .def_readwrite("max_logprobs", &EngineConfig::max_logprobs);
+      .def_readwrite("max_logprobs", &EngineConfig::max_logprobs)
+      .def_readwrite("parallel", &EngineConfig::parallel);
 
   // The C++ view of sampling parameters; Python's fastpage.SamplingParams validates and converts.
   py::class_<SamplingParams>(m, "CSamplingParams")

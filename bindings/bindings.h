@@ -9,4 +9,5 @@ void bind_core(pybind11::module_& m);
 void bind_sampler(pybind11::module_& m);
 void bind_runner(pybind11::module_& m);
 void bind_engine(pybind11::module_& m);
+void bind_parallel(pybind11::module_& m);
 }  // namespace fastpage::bindings

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_C, m) {
   fastpage::bindings::bind_sampler(m);
   fastpage::bindings::bind_runner(m);
   fastpage::bindings::bind_engine(m);
+  fastpage::bindings::bind_parallel(m);
 }

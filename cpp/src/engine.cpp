@@ -6,6 +6,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "parallel/control_plane.h"
+
 namespace fastpage {
 namespace {
 
@@ -37,12 +39,24 @@ Engine::Engine(const ModelConfig& model, const EngineConfig& config, WeightMap w
                c10::ScalarType dtype)
     : model_config_(model), config_(config), next_seed_(splitmix64(config.seed)) {
   config_.max_model_len = resolve_max_model_len(model, config);
+  if (config.parallel.rank != 0) {
+    throw std::invalid_argument("the Engine is rank 0; ranks 1.. run fastpage::Worker (ParallelConfig.rank " +
+                                std::to_string(config.parallel.rank) + ")");
+  }
   runner_ = std::make_unique<ModelRunner>(model_config_, config_, std::move(weights), device, dtype);
+  if (config.parallel.world_size() > 1) control_ = std::make_unique<ControlPlane>(config.parallel.world_group);
   scheduler_ = std::make_unique<Scheduler>(config_, config_.max_model_len, runner_->num_device_blocks(),
                                            runner_->num_host_blocks());
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  if (!control_ || !failure_.empty()) return;
+  try {
+    control_->send_shutdown();
+  } catch (const std::exception&) {
+    // A worker already gone: nothing left to tell it.
+  }
+}
 
 void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                          const SamplingParams& params, std::vector<int32_t> eos_token_ids, int32_t priority) {
@@ -89,6 +103,7 @@ void Engine::finish_sequence(const std::string& request_id, int32_t seq_index) {
 bool Engine::has_unfinished() const { return scheduler_->has_unfinished(); }
 
 std::vector<StepOutput> Engine::step() {
+  if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed earlier: " + failure_);
   StepPlan plan = scheduler_->schedule();
   if (plan.empty()) return {};
 
@@ -115,7 +130,14 @@ std::vector<StepOutput> Engine::step() {
       logits_indices.push_back(first_token + s.num_new_tokens - 1);
     }
   }
-  at::Tensor logits = runner_->execute(plan, logits_indices);
+  at::Tensor logits;
+  try {
+    if (control_) control_->send_step(plan, logits_indices);
+    logits = runner_->execute(plan, logits_indices);
+  } catch (const std::runtime_error& e) {
+    if (control_) failure_ = e.what();  // the ranks are out of step: no further steps
+    throw;
+  }
   num_prompt_tokens_ += plan.num_tokens() - plan.num_decode_seqs;
 
   std::vector<StepOutput> outputs;

@@ -6,6 +6,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <chrono>
 #include <initializer_list>
 #include <cstdio>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 #include "model/decode_graphs.h"
 #include "model/decoder_model.h"
 #include "model/kv_cache.h"
+#include "parallel/communicator.h"
 
 namespace fastpage {
 namespace {
@@ -81,24 +83,57 @@ void check_plan(const StepPlan& plan, const std::vector<int64_t>& logits_indices
   }
 }
 
+// The model as this rank's KV cache and memory estimate see it: its layers and heads only.
+ModelConfig shard_sizes(const ModelConfig& model, const ModelShard& shard) {
+  ModelConfig local = model;
+  local.num_layers = shard.num_layers();
+  local.num_heads = shard.num_heads;
+  local.num_kv_heads = shard.num_kv_heads;
+  local.intermediate_size = shard.intermediate_size;
+  return local;
+}
+
+std::unique_ptr<Communicator> group_if(bool needed, const std::string& name, const char* field) {
+  if (!needed) return nullptr;
+  if (name.empty()) throw std::invalid_argument(std::string("ParallelConfig.") + field + " must name a process group");
+  return std::make_unique<Communicator>(name);
+}
+
 }  // namespace
 
 ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
                          c10::Device device, c10::ScalarType dtype)
-    : model_config_(model), engine_config_(engine), device_(concrete_device(device)), dtype_(dtype) {
+    : model_config_(model),
+      engine_config_(engine),
+      device_(concrete_device(device)),
+      dtype_(dtype),
+      shard_(model_shard(model, engine.parallel)) {
   if (engine.block_size <= 0) throw std::invalid_argument("EngineConfig.block_size must be positive");
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
     throw std::invalid_argument("dtype must be float32, bfloat16 or float16");
   }
+  const ParallelConfig& parallel = engine.parallel;
+  tp_group_ = group_if(shard_.tp_size > 1, parallel.tp_group, "tp_group");
+  pp_group_ = group_if(shard_.pp_size > 1, parallel.pp_group, "pp_group");
   c10::InferenceMode guard;
   const int64_t max_model_len =
       engine.max_model_len > 0 ? engine.max_model_len : model.max_position_embeddings;
   model_ = std::make_unique<DecoderModel>(model, std::move(weights), device_, dtype,
-                                          std::max(max_model_len, model.max_position_embeddings));
-  const int64_t num_blocks = plan_num_device_blocks(model, engine, device_, dtype);
-  const int64_t num_host_blocks = plan_num_host_blocks(model, engine, dtype);
-  kv_cache_ = std::make_unique<KVCache>(model, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
-  if (device_.is_cuda() && !engine.enforce_eager) {
+                                          std::max(max_model_len, model.max_position_embeddings), shard_,
+                                          tp_group_.get());
+  const ModelConfig local = shard_sizes(model, shard_);
+  int64_t num_blocks = plan_num_device_blocks(local, engine, device_, dtype);
+  int64_t num_host_blocks = plan_num_host_blocks(local, engine, dtype);
+  if (parallel.world_size() > 1) {
+    // Block ids must mean the same slots on every rank: all take the smallest count.
+    const std::unique_ptr<Communicator> world = group_if(true, parallel.world_group, "world_group");
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(parallel.timeout_seconds * 1000));
+    num_blocks = world->all_reduce_min(num_blocks, timeout);
+    num_host_blocks = world->all_reduce_min(num_host_blocks, timeout);
+  }
+  kv_cache_ = std::make_unique<KVCache>(local, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
+  // CUDA graphs capture one process's decode pass; with several ranks the engine runs eagerly.
+  if (device_.is_cuda() && !engine.enforce_eager && parallel.world_size() == 1) {
     decode_graphs_ = std::make_unique<DecodeGraphs>(*model_, *kv_cache_, engine.max_num_seqs, max_model_len,
                                                     engine.block_size, device_);
   }
@@ -140,12 +175,19 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
     ops::copy_blocks(cache.all_views, block_pairs(plan.block_copies, device_));
   }
 
-  const int64_t num_tokens = plan.num_tokens();
-  const int64_t num_seqs = static_cast<int64_t>(plan.seqs.size());
-  if (num_tokens == 0) {
+  if (plan.num_tokens() == 0) {
     return at::empty({0, model_config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
   }
   if (decode_graphs_ && decode_graphs_->accepts(plan, logits_indices)) return decode_graphs_->run(plan);
+  return run_stage(plan, logits_indices);
+}
+
+// One forward pass of this rank's stage. Hidden states go stage to stage over the pipeline group
+// (send / recv between ranks with the same tp_rank); the last stage's tp_rank 0 sends the logits
+// back to rank 0. No micro-batches: one stage works at a time.
+at::Tensor ModelRunner::run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+  const int64_t num_tokens = plan.num_tokens();
+  const int64_t num_seqs = static_cast<int64_t>(plan.seqs.size());
   // Two transfers per step (int32 and int64 inputs), queued without waiting for the device.
   const std::vector<at::Tensor> ints = upload<int32_t>(
       {part(plan.input_ids), part(plan.positions), part(plan.query_start_loc), part(plan.context_lens),
@@ -164,7 +206,24 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
     in.max_query_len = std::max<int64_t>(in.max_query_len, plan.query_start_loc[s + 1] - plan.query_start_loc[s]);
     in.max_context_len = std::max<int64_t>(in.max_context_len, plan.context_lens[s]);
   }
-  return model_->forward(in, cache);
+  at::Tensor stage_input;
+  if (!shard_.first_stage()) {
+    stage_input = at::empty({2, num_tokens, model_config_.hidden_size},
+                            at::TensorOptions().dtype(dtype_).device(device_));
+    pp_group_->recv(stage_input, shard_.pp_rank - 1);
+  }
+  at::Tensor out = model_->forward(in, *kv_cache_, stage_input);
+  if (!pp_group_) return out;
+  if (!shard_.last_stage()) {
+    pp_group_->send(out, shard_.pp_rank + 1);
+  } else if (shard_.tp_rank == 0) {
+    pp_group_->send(out, 0);  // the logits, to rank 0 (stage 0 of this pipeline group)
+  }
+  if (engine_config_.parallel.rank != 0) return at::Tensor();
+  at::Tensor logits = at::empty({static_cast<int64_t>(logits_indices.size()), model_config_.vocab_size},
+                                at::TensorOptions().dtype(at::kFloat).device(device_));
+  pp_group_->recv(logits, shard_.pp_size - 1);
+  return logits;
 }
 
 }  // namespace fastpage

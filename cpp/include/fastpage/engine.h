@@ -44,6 +44,12 @@ struct EngineStats {
   int64_t generation_tokens = 0;
 };
 
+class ControlPlane;
+
+// With config.parallel.world_size() > 1 the Engine is rank 0: it holds stage 0 / tp_rank 0's shard,
+// schedules, sends every step's plan to the fastpage::Worker ranks, and samples. A failed collective
+// makes step() throw std::runtime_error, and every later step() too; the destructor tells the
+// workers to stop.
 class Engine {
  public:
   Engine(const ModelConfig& model, const EngineConfig& config, WeightMap weights, c10::Device device,
@@ -71,6 +77,8 @@ class Engine {
   ModelConfig model_config_;
   EngineConfig config_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<ControlPlane> control_;  // world_size > 1 only
+  std::string failure_;  // why a step with the other ranks failed; the engine is unusable after it
   std::unique_ptr<Scheduler> scheduler_;
   Sampler sampler_;
   uint64_t next_seed_;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fastpage/config.h"
+#include "fastpage/parallel.h"
 #include "fastpage/step_plan.h"
 
 namespace fastpage {
@@ -24,8 +25,12 @@ using WeightMap = std::unordered_map<std::string, at::Tensor>;
 
 class DecoderModel;
 class DecodeGraphs;
+class Communicator;
 struct KVCache;
 
+// With engine.parallel.world_size() > 1 every rank has one ModelRunner over its shard of the weights
+// (see fastpage/parallel.h); they size their KV caches alike (the minimum over the ranks, agreed on
+// in the constructor, which every rank must reach) and run the same plans in lockstep.
 class ModelRunner {
  public:
   ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
@@ -38,14 +43,21 @@ class ModelRunner {
   c10::Device device() const { return device_; }
 
   // Applies the plan's swaps and copies, runs the forward pass, and returns float32 logits
-  // [logits_indices.size(), vocab] for the flattened token indices asked for.
+  // [logits_indices.size(), vocab] for the flattened token indices asked for. Under pipeline
+  // parallelism only rank 0 gets them (other ranks get an undefined tensor); std::runtime_error when
+  // a collective with another rank fails.
   at::Tensor execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices);
 
  private:
+  at::Tensor run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices);
+
   ModelConfig model_config_;
   EngineConfig engine_config_;
   c10::Device device_;
   c10::ScalarType dtype_;
+  ModelShard shard_;
+  std::unique_ptr<Communicator> tp_group_;  // tensor-parallel ranks of this stage; null when tp == 1
+  std::unique_ptr<Communicator> pp_group_;  // this tp_rank's rank of every stage; null when pp == 1
   std::unique_ptr<DecoderModel> model_;
   std::unique_ptr<KVCache> kv_cache_;
   std::unique_ptr<DecodeGraphs> decode_graphs_;  // CUDA, unless enforce_eager; declared last: uses the two above

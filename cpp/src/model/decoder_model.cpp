@@ -13,7 +13,10 @@
 #include <stdexcept>
 #include <string>
 
+#include <ATen/ops/stack.h>
+
 #include "../kernels/cpu/small_batch_linear.h"
+#include "../parallel/communicator.h"
 #include "fastpage/ops.h"
 #include "rope.h"
 
@@ -100,26 +103,33 @@ void check_config(const ModelConfig& c) {
 }  // namespace
 
 DecoderModel::DecoderModel(const ModelConfig& config, WeightMap weights, c10::Device device,
-                           c10::ScalarType dtype, int64_t max_positions)
-    : config_(config), attn_scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))) {
+                           c10::ScalarType dtype, int64_t max_positions, const ModelShard& shard, Communicator* tp)
+    : config_(config), shard_(shard), tp_(tp), attn_scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))) {
   check_config(config);
+  if ((shard.tp_size > 1) != (tp != nullptr)) {
+    throw std::invalid_argument("DecoderModel: a tensor-parallel group is needed exactly when tp_size > 1");
+  }
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden_size;
-  const int64_t q_size = c.num_heads * c.head_dim;
-  const int64_t kv_size = c.num_kv_heads * c.head_dim;
+  const int64_t q_size = shard.num_heads * c.head_dim;
+  const int64_t kv_size = shard.num_kv_heads * c.head_dim;
+  const int64_t intermediate = shard.intermediate_size;
+  const int64_t vocab_rows = shard.vocab_rows;
   const bool layer_norm = c.norm_type == NormType::LayerNorm;
   WeightTaker w(std::move(weights), device, dtype);
   const auto norm = [&](const std::string& name) {
     return Norm{w.take(name + ".weight", {hidden}), w.take_if(layer_norm, name + ".bias", {hidden})};
   };
 
-  embed_tokens_ = w.take("embed_tokens.weight", {c.vocab_size, hidden});
-  if (c.position_type == PositionType::Learned) {
-    // OPT keeps two extra rows in front: position p reads row p + learned_position_offset.
-    embed_positions_ = w.take("embed_positions.weight",
-                              {c.max_position_embeddings + c.learned_position_offset, hidden});
+  if (shard.first_stage()) {
+    embed_tokens_ = w.take("embed_tokens.weight", {vocab_rows, hidden});
+    if (c.position_type == PositionType::Learned) {
+      // OPT keeps two extra rows in front: position p reads row p + learned_position_offset.
+      embed_positions_ = w.take("embed_positions.weight",
+                                {c.max_position_embeddings + c.learned_position_offset, hidden});
+    }
   }
-  for (int64_t i = 0; i < c.num_layers; ++i) {
+  for (int64_t i = shard.layer_begin; i < shard.layer_end; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     Layer layer;
     layer.input_norm = norm(p + "input_norm");
@@ -131,17 +141,24 @@ DecoderModel::DecoderModel(const ModelConfig& config, WeightMap weights, c10::De
     layer.o_bias = w.take_if(c.o_bias, p + "o_proj.bias", {hidden});
     layer.post_attn_norm = norm(p + "post_attn_norm");
     if (c.gated_mlp) {
-      layer.gate_up_weight = w.take(p + "gate_up_proj.weight", {2 * c.intermediate_size, hidden});
+      layer.gate_up_weight = w.take(p + "gate_up_proj.weight", {2 * intermediate, hidden});
     } else {
-      layer.up_weight = w.take(p + "up_proj.weight", {c.intermediate_size, hidden});
-      layer.up_bias = w.take_if(c.mlp_bias, p + "up_proj.bias", {c.intermediate_size});
+      layer.up_weight = w.take(p + "up_proj.weight", {intermediate, hidden});
+      layer.up_bias = w.take_if(c.mlp_bias, p + "up_proj.bias", {intermediate});
     }
-    layer.down_weight = w.take(p + "down_proj.weight", {hidden, c.intermediate_size});
+    layer.down_weight = w.take(p + "down_proj.weight", {hidden, intermediate});
     layer.down_bias = w.take_if(c.mlp_bias, p + "down_proj.bias", {hidden});
     layers_.push_back(std::move(layer));
   }
-  final_norm_ = norm("final_norm");
-  lm_head_ = c.tie_word_embeddings ? embed_tokens_ : w.take("lm_head.weight", {c.vocab_size, hidden});
+  if (shard.last_stage()) {
+    final_norm_ = norm("final_norm");
+    // Tied: the last stage holds embed_tokens (its own copy unless it is also the first stage).
+    if (!c.tie_word_embeddings) {
+      lm_head_ = w.take("lm_head.weight", {vocab_rows, hidden});
+    } else {
+      lm_head_ = embed_tokens_.defined() ? embed_tokens_ : w.take("embed_tokens.weight", {vocab_rows, hidden});
+    }
+  }
   w.expect_all_taken();
   weight_bytes_ = w.bytes();
 
@@ -151,7 +168,18 @@ DecoderModel::DecoderModel(const ModelConfig& config, WeightMap weights, c10::De
 }
 
 at::Tensor DecoderModel::embed(const ForwardInputs& in) const {
-  at::Tensor x = at::embedding(embed_tokens_, in.input_ids);
+  at::Tensor x;
+  if (tp_) {
+    // Vocab-parallel: ids outside this rank's rows read row 0 and are zeroed; the all-reduce then
+    // sums the one rank's real row with zeros.
+    at::Tensor local = in.input_ids.sub(shard_.vocab_begin());
+    at::Tensor outside = local.lt(0).logical_or_(local.ge(shard_.vocab_rows));
+    x = at::embedding(embed_tokens_, local.masked_fill_(outside, 0));
+    x.masked_fill_(outside.unsqueeze(1), 0);
+    tp_->all_reduce(x);
+  } else {
+    x = at::embedding(embed_tokens_, in.input_ids);
+  }
   if (embed_positions_.defined()) {
     at::Tensor rows = config_.learned_position_offset ? at::add(in.positions, config_.learned_position_offset)
                                                       : in.positions;
@@ -174,11 +202,11 @@ at::Tensor DecoderModel::add_and_norm(at::Tensor& hidden, at::Tensor& residual, 
 
 DecoderModel::Scratch DecoderModel::make_scratch(int64_t num_tokens, const at::TensorOptions& options) const {
   const ModelConfig& c = config_;
-  const int64_t q_size = c.num_heads * c.head_dim;
-  const int64_t mlp_in = c.gated_mlp ? 2 * c.intermediate_size : c.intermediate_size;
+  const int64_t q_size = shard_.num_heads * c.head_dim;
+  const int64_t mlp_in = c.gated_mlp ? 2 * shard_.intermediate_size : shard_.intermediate_size;
   return Scratch{
-      at::empty({num_tokens, q_size + 2 * c.num_kv_heads * c.head_dim}, options),
-      at::empty({num_tokens, c.num_heads, c.head_dim}, options),
+      at::empty({num_tokens, q_size + 2 * shard_.num_kv_heads * c.head_dim}, options),
+      at::empty({num_tokens, shard_.num_heads, c.head_dim}, options),
       at::empty({num_tokens, c.hidden_size}, options),
       at::empty({num_tokens, mlp_in}, options),
       at::empty({num_tokens, c.hidden_size}, options),
@@ -189,13 +217,14 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
                                     const ForwardInputs& in, const KVCache& cache, Scratch& scratch) const {
   const ModelConfig& c = config_;
   const int64_t num_tokens = x.size(0);
-  const int64_t q_size = c.num_heads * c.head_dim;
-  const int64_t kv_size = c.num_kv_heads * c.head_dim;
+  const int64_t num_heads = shard_.num_heads, num_kv_heads = shard_.num_kv_heads;
+  const int64_t q_size = num_heads * c.head_dim;
+  const int64_t kv_size = num_kv_heads * c.head_dim;
   at::Tensor& qkv = linear_layer(scratch.qkv, x, layer.qkv_weight, layer.qkv_bias);
   // Views into qkv (row stride q_size + 2 * kv_size): no copies on the way to the kernels.
-  at::Tensor q = qkv.narrow(1, 0, q_size).view({num_tokens, c.num_heads, c.head_dim});
-  at::Tensor k = qkv.narrow(1, q_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
-  at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({num_tokens, c.num_kv_heads, c.head_dim});
+  at::Tensor q = qkv.narrow(1, 0, q_size).view({num_tokens, num_heads, c.head_dim});
+  at::Tensor k = qkv.narrow(1, q_size, kv_size).view({num_tokens, num_kv_heads, c.head_dim});
+  at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({num_tokens, num_kv_heads, c.head_dim});
   if (c.qk_norm) {
     q = ops::rms_norm(q, layer.q_norm, c.norm_eps);
     k = ops::rms_norm(k, layer.k_norm, c.norm_eps);
@@ -208,14 +237,23 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
   ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
   ops::paged_attention(scratch.attn_out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
                        in.block_tables, attn_scale_, in.max_query_len, in.max_context_len);
-  return linear_layer(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
-                        layer.o_bias);
+  at::Tensor& out = linear_layer(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
+                                 fused_bias(layer.o_bias));
+  if (tp_) reduce_partial_sums(out, layer.o_bias);
+  return out;
+}
+
+void DecoderModel::reduce_partial_sums(at::Tensor& out, const at::Tensor& bias) const {
+  tp_->all_reduce(out);
+  if (bias.defined()) out.add_(bias);
 }
 
 at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
     linear_layer(scratch.gate_up, x, layer.gate_up_weight);
-    return linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
+    at::Tensor& out = linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
+    if (tp_) reduce_partial_sums(out, {});
+    return out;
   }
   at::Tensor& up = linear_layer(scratch.gate_up, x, layer.up_weight, layer.up_bias);
   switch (config_.activation) {
@@ -224,12 +262,19 @@ at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& 
     case Activation::ReLU: at::relu_(up); break;
     case Activation::SiLU: throw std::invalid_argument("SiLU needs gated_mlp");
   }
-  return linear_layer(scratch.down_proj, up, layer.down_weight, layer.down_bias);
+  at::Tensor& out = linear_layer(scratch.down_proj, up, layer.down_weight, fused_bias(layer.down_bias));
+  if (tp_) reduce_partial_sums(out, layer.down_bias);
+  return out;
 }
 
-at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) const {
-  at::Tensor hidden = embed(in);
-  at::Tensor residual;
+at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache, const at::Tensor& stage_input) const {
+  at::Tensor hidden, residual;
+  if (shard_.first_stage()) {
+    hidden = embed(in);
+  } else {
+    hidden = stage_input[0];
+    residual = stage_input[1];
+  }
   Scratch scratch = make_scratch(hidden.size(0), hidden.options());
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
@@ -238,12 +283,15 @@ at::Tensor DecoderModel::forward(const ForwardInputs& in, const KVCache& cache) 
     x = add_and_norm(hidden, residual, layer.post_attn_norm);
     hidden = mlp(layer, x, scratch);
   }
+  if (!shard_.last_stage()) return at::stack({hidden, residual});
   // Only the rows that need logits go through the final norm and the lm_head.
   at::Tensor last_hidden = hidden.index_select(0, in.logits_indices);
   at::Tensor last_residual = residual.index_select(0, in.logits_indices);
   at::Tensor normed = add_and_norm(last_hidden, last_residual, final_norm_);
   at::Tensor logits = at::empty({normed.size(0), lm_head_.size(0)}, normed.options());
-  return linear_layer(logits, normed, lm_head_).to(at::kFloat);
+  linear_layer(logits, normed, lm_head_);
+  if (tp_) logits = tp_->all_gather(logits, 1).narrow(1, 0, config_.vocab_size);  // vocab-parallel lm_head
+  return logits.to(at::kFloat);
 }
 
 }  // namespace fastpage

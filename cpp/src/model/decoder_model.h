@@ -10,6 +10,7 @@
 
 #include "fastpage/config.h"
 #include "fastpage/model_runner.h"
+#include "fastpage/parallel.h"
 #include "kv_cache.h"
 
 namespace fastpage {
@@ -27,16 +28,22 @@ struct ForwardInputs {
   int64_t max_context_len = 0;
 };
 
+class Communicator;
+
 class DecoderModel {
  public:
-  // Takes the weights (canonical names, see model_runner.h), checks every name and shape, and
-  // moves them to `device` in `dtype`. Missing, misshapen or unexpected weights throw
-  // std::invalid_argument naming the weight.
+  // Takes this rank's weights (canonical names, see model_runner.h, already cut to `shard`), checks
+  // every name and shape, and moves them to `device` in `dtype`. Missing, misshapen or unexpected
+  // weights throw std::invalid_argument naming the weight. `tp` (the tensor-parallel group) is
+  // null when shard.tp_size == 1.
   DecoderModel(const ModelConfig& config, WeightMap weights, c10::Device device, c10::ScalarType dtype,
-               int64_t max_positions);
+               int64_t max_positions, const ModelShard& shard, Communicator* tp);
 
-  // Writes the step's K/V into `cache` and returns float32 logits [num_logits, vocab].
-  at::Tensor forward(const ForwardInputs& in, const KVCache& cache) const;
+  // Runs this rank's layers, writing the step's K/V into `cache` (local layer indices). The first
+  // pipeline stage starts from the token embeddings, later ones from `stage_input`, the previous
+  // stage's output. The last stage returns float32 logits [num_logits, vocab]; earlier stages return
+  // [2, num_tokens, hidden]: the hidden states and the residual stream for the next stage.
+  at::Tensor forward(const ForwardInputs& in, const KVCache& cache, const at::Tensor& stage_input = {}) const;
 
   int64_t weight_bytes() const { return weight_bytes_; }
 
@@ -69,8 +76,15 @@ class DecoderModel {
   at::Tensor& attention(const Layer& layer, int64_t layer_index, const at::Tensor& x,
                         const ForwardInputs& in, const KVCache& cache, Scratch& scratch) const;
   at::Tensor& mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const;
+  // A row-parallel projection's partial sums: summed over the tensor-parallel ranks, then its bias.
+  void reduce_partial_sums(at::Tensor& out, const at::Tensor& bias) const;
+  // Bias of a row-parallel projection: added by the linear itself only without tensor parallelism.
+  const at::Tensor& fused_bias(const at::Tensor& bias) const { return tp_ ? no_bias_ : bias; }
 
   ModelConfig config_;
+  ModelShard shard_;
+  Communicator* tp_;  // null without tensor parallelism
+  at::Tensor no_bias_;
   double attn_scale_;
   at::Tensor embed_tokens_, embed_positions_, lm_head_;
   at::Tensor cos_sin_cache_;
