@@ -27,15 +27,28 @@ class LoadedModel:
     chat_template: str | None = None
 
 
-def load_model(model: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Loads an HF model directory or a GGUF file, with weights in `dtype` on `device`."""
+def load_model(model: str, dtype: str = "auto", device: str = "cpu",
+               parallel: _C.ParallelConfig | None = None) -> LoadedModel:
+    """Loads an HF model directory or a GGUF file, with weights in `dtype` on `device`. With a
+    `parallel` config of world size > 1, only that rank's shard (model_loader/sharding.py)."""
     if model.endswith(".gguf"):
         from fastpage.model_loader.gguf import load_gguf
 
-        return load_gguf(model, dtype=dtype, device=device)
+        return load_gguf(model, dtype=dtype, device=device, parallel=parallel)
     from fastpage.model_loader.hf import load_hf
 
-    return load_hf(model, dtype=dtype, device=device)
+    return load_hf(model, dtype=dtype, device=device, parallel=parallel)
+
+
+def read_model_config(model: str) -> tuple[_C.ModelConfig, int]:
+    """The ModelConfig and context length of a model, without reading its weights."""
+    if model.endswith(".gguf"):
+        from fastpage.model_loader.gguf import read_gguf_config
+
+        return read_gguf_config(model)
+    from fastpage.model_loader.hf import read_hf_config
+
+    return read_hf_config(model)
 
 
 def resolve_dtype(requested: str, checkpoint_dtype: torch.dtype | None, device: str) -> torch.dtype:

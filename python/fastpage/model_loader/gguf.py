@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType
 from fastpage import _C
 from fastpage.model_loader import LoadedModel, resolve_dtype
 from fastpage.model_loader.gguf_file import GGUFFile
+from fastpage.model_loader.sharding import Sharder
 
 # GGUF architecture -> (HF architecture name, whether Q/K rows are stored in llama.cpp's rotary order).
 # llama.cpp's converter permutes Q/K only for the architectures it runs with "normal" (interleaved)
@@ -135,64 +136,83 @@ def _checkpoint_dtype(gguf: GGUFFile) -> torch.dtype | None:
 
 
 def _gguf_weights(gguf: GGUFFile, config: _C.ModelConfig, permuted_qk: bool, dtype: torch.dtype,
-                  device: str) -> dict[str, torch.Tensor]:
-    """Canonical weights (cpp/include/fastpage/model_runner.h): q/k/v and gate/up fused.
+                  device: str, sharder: Sharder | None) -> dict[str, torch.Tensor]:
+    """Canonical weights (cpp/include/fastpage/model_runner.h): q/k/v and gate/up fused; with a
+    sharder, only this rank's part of each, read one tensor at a time.
 
     Fusing and un-permuting happen in numpy (single-threaded): torch's intra-op threads gain nothing
     on these copies and stall badly on a busy machine.
     """
-    def load(*names: str, permute_heads: tuple[int, ...] = ()) -> torch.Tensor:
-        """The named tensors concatenated along rows; the first len(permute_heads) un-permuted."""
-        parts = [gguf.load_array(name) for name in names]
+    weights: dict[str, torch.Tensor] = {}
+    layer_shapes = _layer_shapes(config)
+
+    def put(name: str, *names: str, permute_heads: tuple[int, ...] = ()) -> None:
+        """Canonical `name` := the GGUF tensors `names` concatenated along rows (the first
+        len(permute_heads) un-permuted), checked against the metadata, then cut to this rank."""
+        if sharder is not None and not sharder.keeps(name):
+            return
+        parts = [gguf.load_array(n) for n in names]
         for i, num_heads in enumerate(permute_heads):
             parts[i] = _unpermute_rotary_rows(parts[i], num_heads)
         array = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return torch.from_numpy(array).to(dtype)
+        tensor = torch.from_numpy(array).to(dtype)
+        layer_part = name.split(".", 2)[-1]
+        if name.startswith("layers.") and layer_part in layer_shapes and tuple(tensor.shape) != layer_shapes[layer_part]:
+            raise ValueError(f"{gguf.path}: {name} is {list(tensor.shape)}, but the metadata implies "
+                             f"{list(layer_shapes[layer_part])}")
+        if sharder is not None:
+            tensor = sharder(name, tensor)
+        weights[name] = tensor.to(device)
 
-    weights = {"embed_tokens.weight": load("token_embd.weight"),
-               "final_norm.weight": load("output_norm.weight")}
+    put("embed_tokens.weight", "token_embd.weight")
+    put("final_norm.weight", "output_norm.weight")
     if not config.tie_word_embeddings:
-        weights["lm_head.weight"] = load("output.weight")
+        put("lm_head.weight", "output.weight")
     qk_heads = (config.num_heads, config.num_kv_heads) if permuted_qk else ()
-    for i in range(config.num_layers):
+    for i in range(*(sharder.layer_range if sharder else (0, config.num_layers))):
         src, dst = f"blk.{i}.", f"layers.{i}."
-        weights[dst + "qkv_proj.weight"] = load(
-            *(src + f"attn_{part}.weight" for part in "qkv"), permute_heads=qk_heads)
+        put(dst + "qkv_proj.weight", *(src + f"attn_{part}.weight" for part in "qkv"), permute_heads=qk_heads)
         if config.qkv_bias:
-            weights[dst + "qkv_proj.bias"] = load(*(src + f"attn_{part}.bias" for part in "qkv"))
+            put(dst + "qkv_proj.bias", *(src + f"attn_{part}.bias" for part in "qkv"))
         if config.o_bias:
-            weights[dst + "o_proj.bias"] = load(src + "attn_output.bias")
-        weights[dst + "gate_up_proj.weight"] = load(src + "ffn_gate.weight", src + "ffn_up.weight")
+            put(dst + "o_proj.bias", src + "attn_output.bias")
+        put(dst + "gate_up_proj.weight", src + "ffn_gate.weight", src + "ffn_up.weight")
         for gguf_name, name in _LAYER_NAMES.items():
             if src + gguf_name in gguf.tensors:
-                weights[dst + name] = load(src + gguf_name)
-    _check_layer_shapes(gguf.path, weights, config)
-    return {name: tensor.to(device) for name, tensor in weights.items()}
+                put(dst + name, src + gguf_name)
+    return weights
 
 
-def _check_layer_shapes(path: str, weights: dict[str, torch.Tensor], config: _C.ModelConfig) -> None:
-    """A file whose matrices disagree with its own metadata gets a ValueError, not a crash in the runner."""
+def _layer_shapes(config: _C.ModelConfig) -> dict[str, tuple[int, int]]:
+    """Full shapes the metadata implies for the layer matrices: a file whose matrices disagree with
+    its own metadata gets a ValueError, not a crash in the runner."""
     q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    expected = {"qkv_proj.weight": (q_rows + 2 * kv_rows, config.hidden_size),
-                "o_proj.weight": (config.hidden_size, q_rows),
-                "gate_up_proj.weight": (2 * config.intermediate_size, config.hidden_size),
-                "down_proj.weight": (config.hidden_size, config.intermediate_size)}
-    for i in range(config.num_layers):
-        for name, shape in expected.items():
-            actual = tuple(weights[f"layers.{i}.{name}"].shape)
-            if actual != shape:
-                raise ValueError(f"{path}: layer {i} {name} is {list(actual)}, but the metadata implies {list(shape)}")
+    return {"qkv_proj.weight": (q_rows + 2 * kv_rows, config.hidden_size),
+            "o_proj.weight": (config.hidden_size, q_rows),
+            "gate_up_proj.weight": (2 * config.intermediate_size, config.hidden_size),
+            "down_proj.weight": (config.hidden_size, config.intermediate_size)}
 
 
-def load_gguf(path: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Loads a GGUF file: weights dequantized to `dtype` on `device`, config and EOS from the metadata."""
+def read_gguf_config(path: str) -> tuple[_C.ModelConfig, int]:
+    """The ModelConfig and context length from a GGUF file's metadata."""
+    if not os.path.isfile(path):
+        raise ValueError(f"GGUF file not found: {path}")
+    config = gguf_model_config(GGUFFile(path))
+    return config, config.max_position_embeddings
+
+
+def load_gguf(path: str, dtype: str = "auto", device: str = "cpu",
+              parallel: _C.ParallelConfig | None = None) -> LoadedModel:
+    """Loads a GGUF file: weights dequantized to `dtype` on `device` (this rank's shard with a
+    `parallel` config of world size > 1), config and EOS from the metadata."""
     if not os.path.isfile(path):
         raise ValueError(f"GGUF file not found: {path}")
     gguf = GGUFFile(path)
     _, _, permuted_qk = gguf_architecture(gguf)
     config = gguf_model_config(gguf)
     torch_dtype = resolve_dtype(dtype, _checkpoint_dtype(gguf), device)
-    weights = _gguf_weights(gguf, config, permuted_qk, torch_dtype, device)
+    sharder = Sharder(config, parallel) if parallel is not None and parallel.world_size > 1 else None
+    weights = _gguf_weights(gguf, config, permuted_qk, torch_dtype, device, sharder)
     eos = gguf.get("tokenizer.ggml.eos_token_id")
     return LoadedModel(
         model_config=config,

@@ -7,6 +7,7 @@ gate_up_proj, and transposing GPT-2's Conv1D weights into [out_features, in_feat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import torch
 
 from fastpage import _C
 from fastpage.model_loader import LoadedModel, resolve_dtype
+from fastpage.model_loader.sharding import Sharder
 
 _LLAMA_LIKE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 SUPPORTED_ARCHITECTURES = (*_LLAMA_LIKE, "GPT2LMHeadModel", "OPTForCausalLM")
@@ -33,30 +35,34 @@ _ACTIVATIONS = {"silu": _C.Activation.SiLU, "gelu_new": _C.Activation.GeluTanh,
                 "relu": _C.Activation.ReLU}
 
 
-def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`."""
+def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
+            parallel: _C.ParallelConfig | None = None) -> LoadedModel:
+    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`;
+    with `parallel` (world size > 1), only this rank's shard (model_loader/sharding.py)."""
     path = os.fspath(path)
+    model_config, max_model_len = read_hf_config(path)
     config = _read_json(os.path.join(path, "config.json"), required=True)
-    architecture = _architecture(config)
-    if architecture in _LLAMA_LIKE:
-        model_config, max_model_len = _llama_like_config(architecture, config)
-        mapper = _map_llama_like
-    elif architecture == "GPT2LMHeadModel":
-        model_config, max_model_len = _gpt2_config(config)
-        mapper = _map_gpt2
-    else:
-        model_config, max_model_len = _opt_config(config)
-        mapper = _map_opt
-
+    mapper = {"GPT2LMHeadModel": _map_gpt2, "OPTForCausalLM": _map_opt}.get(model_config.architecture,
+                                                                             _map_llama_like)
     torch_dtype = resolve_dtype(dtype, _checkpoint_dtype(config), device)
-    checkpoint = _read_checkpoint(path)
-    weights = _Renamer(checkpoint, model_config).run(mapper)
-    weights = {name: t.to(device=device, dtype=torch_dtype).contiguous() for name, t in weights.items()}
+    sharder = Sharder(model_config, parallel) if parallel is not None and parallel.world_size > 1 else None
+    weights = _Renamer(_Checkpoint(path), model_config, torch_dtype, device, sharder).run(mapper)
 
     eos_token_ids, generation_defaults = _generation_config(path, config)
     return LoadedModel(model_config=model_config, weights=weights, eos_token_ids=eos_token_ids,
                        max_model_len=max_model_len, tokenizer_source=path,
                        generation_defaults=generation_defaults, chat_template=_chat_template(path))
+
+
+def read_hf_config(path: str | os.PathLike) -> tuple[_C.ModelConfig, int]:
+    """The ModelConfig and context length of an HF model directory, from config.json alone."""
+    config = _read_json(os.path.join(os.fspath(path), "config.json"), required=True)
+    architecture = _architecture(config)
+    if architecture in _LLAMA_LIKE:
+        return _llama_like_config(architecture, config)
+    if architecture == "GPT2LMHeadModel":
+        return _gpt2_config(config)
+    return _opt_config(config)
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -224,66 +230,110 @@ def _opt_config(config: dict[str, Any]) -> tuple[_C.ModelConfig, int]:
 # ----------------------------------------------------------------------------- weights
 
 
-def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint on CPU: safetensors (single or sharded), else pytorch_model.bin."""
-    from safetensors.torch import load_file
+class _Checkpoint:
+    """The checkpoint's tensor names (safetensors, single or sharded, else pytorch_model.bin); a
+    tensor is read from disk only when popped, so loading holds one full tensor at a time."""
 
-    def shard_files(index_name: str, single_name: str) -> list[str] | None:
-        index = os.path.join(path, index_name)
-        if os.path.exists(index):
-            shards = sorted(set(_read_json(index)["weight_map"].values()))
-            return [os.path.join(path, shard) for shard in shards]
-        single = os.path.join(path, single_name)
-        return [single] if os.path.exists(single) else None
+    def __init__(self, path: str):
+        from safetensors import safe_open
 
-    tensors: dict[str, torch.Tensor] = {}
-    files = shard_files("model.safetensors.index.json", "model.safetensors")
-    if files is not None:
+        self._readers: dict[str, Callable[[], torch.Tensor]] = {}
+        files = _shard_files(path, "model.safetensors.index.json", "model.safetensors")
+        if files is not None:
+            for file in files:
+                handle = safe_open(file, framework="pt", device="cpu")
+                for name in handle.keys():
+                    self._readers[name] = functools.partial(handle.get_tensor, name)
+            return
+        files = _shard_files(path, "pytorch_model.bin.index.json", "pytorch_model.bin")
+        if files is None:
+            raise ValueError(f"no model.safetensors or pytorch_model.bin in {path}")
         for file in files:
-            tensors.update(load_file(file, device="cpu"))
-        return tensors
-    files = shard_files("pytorch_model.bin.index.json", "pytorch_model.bin")
-    if files is None:
-        raise ValueError(f"no model.safetensors or pytorch_model.bin in {path}")
-    for file in files:
-        # weights_only: a .bin is a pickle and must not be able to run code.
-        tensors.update(torch.load(file, map_location="cpu", weights_only=True))
-    return tensors
+            # weights_only: a .bin is a pickle and must not be able to run code; mmap: read lazily.
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            for name, tensor in state.items():
+                self._readers[name] = functools.partial(lambda t: t, tensor)
+
+    def names(self) -> list[str]:
+        return list(self._readers)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._readers
+
+    def pop(self, name: str) -> torch.Tensor:
+        return self._readers.pop(name)()
+
+    def discard(self, name: str) -> None:
+        self._readers.pop(name, None)
+
+    def strip_prefix(self, prefix: str) -> None:
+        """Drops `prefix` from every name (checkpoints exist with and without it)."""
+        self._readers = {k.removeprefix(prefix): v for k, v in self._readers.items()}
+
+
+def _shard_files(path: str, index_name: str, single_name: str) -> list[str] | None:
+    index = os.path.join(path, index_name)
+    if os.path.exists(index):
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        return [os.path.join(path, shard) for shard in shards]
+    single = os.path.join(path, single_name)
+    return [single] if os.path.exists(single) else None
 
 
 class _Renamer:
-    """Pops checkpoint tensors by HF name into the canonical map; leftovers are an error."""
+    """Pops checkpoint tensors by HF name into the canonical map (converted, and cut to this rank's
+    shard when there is a sharder); leftovers are an error."""
 
     # Buffers some checkpoints carry that are not weights.
     _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
-    def __init__(self, checkpoint: dict[str, torch.Tensor], config: _C.ModelConfig):
+    def __init__(self, checkpoint: _Checkpoint, config: _C.ModelConfig, dtype: torch.dtype, device: str,
+                 sharder: Sharder | None):
         self.checkpoint = checkpoint
         self.config = config
+        self.dtype, self.device, self.sharder = dtype, device, sharder
         self.out: dict[str, torch.Tensor] = {}
 
     def strip_prefix(self, prefix: str) -> None:
-        """Drops `prefix` from every name (checkpoints exist with and without it)."""
-        self.checkpoint = {k.removeprefix(prefix): v for k, v in self.checkpoint.items()}
+        self.checkpoint.strip_prefix(prefix)
 
     def pop(self, name: str) -> torch.Tensor:
         if name not in self.checkpoint:
             raise ValueError(f"{self.config.architecture}: checkpoint has no tensor {name!r}")
         return self.checkpoint.pop(name)
 
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        """Stores canonical tensor `name` (this rank's part of it)."""
+        if self.sharder is not None:
+            tensor = self.sharder(name, tensor)
+            if tensor is None:
+                return
+        self.out[name] = tensor.to(device=self.device, dtype=self.dtype).contiguous()
+
+    def layers(self, source_prefix: str) -> range:
+        """The layers to map; other ranks' layers (names starting with source_prefix.format(i)) are
+        dropped unread."""
+        begin, end = self.sharder.layer_range if self.sharder else (0, self.config.num_layers)
+        skipped = tuple(source_prefix.format(i) for i in range(self.config.num_layers) if not begin <= i < end)
+        if skipped:
+            for name in self.checkpoint.names():
+                if name.startswith(skipped):
+                    self.checkpoint.discard(name)
+        return range(begin, end)
+
     def move_with_bias(self, src: str, dst: str, transpose: bool = False) -> None:
         """src.weight/src.bias -> dst.weight/dst.bias (GPT-2's Conv1D weights are stored transposed)."""
         weight = self.pop(src + ".weight")
-        self.out[dst + ".weight"] = weight.t() if transpose else weight
-        self.out[dst + ".bias"] = self.pop(src + ".bias")
+        self.put(dst + ".weight", weight.t() if transpose else weight)
+        self.put(dst + ".bias", self.pop(src + ".bias"))
 
     def run(self, mapper: Callable[[_Renamer], None]) -> dict[str, torch.Tensor]:
         mapper(self)
         if self.config.tie_word_embeddings:
-            self.checkpoint.pop("lm_head.weight", None)
+            self.checkpoint.discard("lm_head.weight")
         else:
-            self.out["lm_head.weight"] = self.pop("lm_head.weight")
-        leftover = [k for k in self.checkpoint if not k.endswith(self._IGNORED_SUFFIXES)]
+            self.put("lm_head.weight", self.pop("lm_head.weight"))
+        leftover = [k for k in self.checkpoint.names() if not k.endswith(self._IGNORED_SUFFIXES)]
         if leftover:
             raise ValueError(f"{self.config.architecture}: unexpected tensors in checkpoint: "
                              f"{', '.join(sorted(leftover)[:8])}")
@@ -292,26 +342,26 @@ class _Renamer:
 
 def _map_llama_like(r: _Renamer) -> None:
     c = r.config
-    r.out["embed_tokens.weight"] = r.pop("model.embed_tokens.weight")
-    r.out["final_norm.weight"] = r.pop("model.norm.weight")
-    for i in range(c.num_layers):
+    r.put("embed_tokens.weight", r.pop("model.embed_tokens.weight"))
+    r.put("final_norm.weight", r.pop("model.norm.weight"))
+    for i in r.layers("model.layers.{}."):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         attn = src + "self_attn."
-        r.out[dst + "input_norm.weight"] = r.pop(src + "input_layernorm.weight")
-        r.out[dst + "post_attn_norm.weight"] = r.pop(src + "post_attention_layernorm.weight")
-        r.out[dst + "qkv_proj.weight"] = torch.cat([r.pop(attn + f"{p}_proj.weight") for p in "qkv"])
+        r.put(dst + "input_norm.weight", r.pop(src + "input_layernorm.weight"))
+        r.put(dst + "post_attn_norm.weight", r.pop(src + "post_attention_layernorm.weight"))
+        r.put(dst + "qkv_proj.weight", torch.cat([r.pop(attn + f"{p}_proj.weight") for p in "qkv"]))
         if c.qkv_bias:
-            r.out[dst + "qkv_proj.bias"] = torch.cat([r.pop(attn + f"{p}_proj.bias") for p in "qkv"])
-        r.out[dst + "o_proj.weight"] = r.pop(attn + "o_proj.weight")
+            r.put(dst + "qkv_proj.bias", torch.cat([r.pop(attn + f"{p}_proj.bias") for p in "qkv"]))
+        r.put(dst + "o_proj.weight", r.pop(attn + "o_proj.weight"))
         if c.o_bias:
-            r.out[dst + "o_proj.bias"] = r.pop(attn + "o_proj.bias")
+            r.put(dst + "o_proj.bias", r.pop(attn + "o_proj.bias"))
         if c.qk_norm:
-            r.out[dst + "q_norm.weight"] = r.pop(attn + "q_norm.weight")
-            r.out[dst + "k_norm.weight"] = r.pop(attn + "k_norm.weight")
+            r.put(dst + "q_norm.weight", r.pop(attn + "q_norm.weight"))
+            r.put(dst + "k_norm.weight", r.pop(attn + "k_norm.weight"))
         mlp = src + "mlp."
-        r.out[dst + "gate_up_proj.weight"] = torch.cat([r.pop(mlp + "gate_proj.weight"),
-                                                        r.pop(mlp + "up_proj.weight")])
-        r.out[dst + "down_proj.weight"] = r.pop(mlp + "down_proj.weight")
+        r.put(dst + "gate_up_proj.weight", torch.cat([r.pop(mlp + "gate_proj.weight"),
+                                                      r.pop(mlp + "up_proj.weight")]))
+        r.put(dst + "down_proj.weight", r.pop(mlp + "down_proj.weight"))
 
 
 def _map_gpt2(r: _Renamer) -> None:
@@ -321,10 +371,10 @@ def _map_gpt2(r: _Renamer) -> None:
         r.move_with_bias(src, dst, transpose=True)  # Conv1D stores [in_features, out_features]
 
     norm = r.move_with_bias
-    r.out["embed_tokens.weight"] = r.pop("wte.weight")
-    r.out["embed_positions.weight"] = r.pop("wpe.weight")
+    r.put("embed_tokens.weight", r.pop("wte.weight"))
+    r.put("embed_positions.weight", r.pop("wpe.weight"))
     norm("ln_f", "final_norm")
-    for i in range(r.config.num_layers):
+    for i in r.layers("h.{}."):
         src, dst = f"h.{i}.", f"layers.{i}."
         norm(src + "ln_1", dst + "input_norm")
         linear(src + "attn.c_attn", dst + "qkv_proj")
@@ -337,15 +387,15 @@ def _map_gpt2(r: _Renamer) -> None:
 def _map_opt(r: _Renamer) -> None:
     r.strip_prefix("model.")
     copy = r.move_with_bias
-    r.out["embed_tokens.weight"] = r.pop("decoder.embed_tokens.weight")
-    r.out["embed_positions.weight"] = r.pop("decoder.embed_positions.weight")
+    r.put("embed_tokens.weight", r.pop("decoder.embed_tokens.weight"))
+    r.put("embed_positions.weight", r.pop("decoder.embed_positions.weight"))
     copy("decoder.final_layer_norm", "final_norm")
-    for i in range(r.config.num_layers):
+    for i in r.layers("decoder.layers.{}."):
         src, dst = f"decoder.layers.{i}.", f"layers.{i}."
         attn = src + "self_attn."
         copy(src + "self_attn_layer_norm", dst + "input_norm")
         for part in ("weight", "bias"):
-            r.out[dst + f"qkv_proj.{part}"] = torch.cat([r.pop(attn + f"{p}_proj.{part}") for p in "qkv"])
+            r.put(dst + f"qkv_proj.{part}", torch.cat([r.pop(attn + f"{p}_proj.{part}") for p in "qkv"]))
         copy(attn + "out_proj", dst + "o_proj")
         copy(src + "final_layer_norm", dst + "post_attn_norm")
         copy(src + "fc1", dst + "up_proj")
