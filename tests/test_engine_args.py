@@ -36,7 +36,8 @@ def test_positional_model():
 
 @pytest.mark.parametrize("field, value", [
     ("gpu_memory_utilization", 0.0), ("gpu_memory_utilization", 1.5), ("max_num_seqs", 0), ("block_size", 0),
-    ("max_model_len", 0), ("swap_space", -1), ("tensor_parallel_size", 2), ("max_logprobs", -1),
+    ("max_model_len", 0), ("swap_space", -1), ("tensor_parallel_size", 0), ("pipeline_parallel_size", 0),
+    ("max_logprobs", -1), ("distributed_master_port", 70000), ("distributed_timeout_seconds", 0),
 ])
 def test_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

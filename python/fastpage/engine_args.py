@@ -30,6 +30,12 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     max_logprobs: int = 20
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
+    # Tensor / pipeline parallelism: rank 0 (this process) hosts the rendezvous at
+    # distributed_master_addr:distributed_master_port (None: a free port); the process groups that
+    # carry activations fail a hung step after distributed_timeout_seconds.
+    distributed_master_addr: str = "127.0.0.1"
+    distributed_master_port: int | None = None
+    distributed_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -37,8 +43,14 @@ class EngineArgs:
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
-            raise ValueError("tensor_parallel_size and pipeline_parallel_size > 1 are not supported yet.")
+        if self.distributed_master_port is not None and not 0 < self.distributed_master_port < 65536:
+            raise ValueError(f"distributed_master_port must be in [1, 65535], got {self.distributed_master_port}.")
+        if self.distributed_timeout_seconds <= 0:
+            raise ValueError("distributed_timeout_seconds must be positive, got "
+                             f"{self.distributed_timeout_seconds}.")
+        if self.world_size > 1 and self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} names one GPU; with tensor/pipeline parallelism rank r "
+                             "runs on cuda:r (give device='cuda').")
         for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes",
                      "num_gpu_blocks_override"):
             value = getattr(self, name)
@@ -48,6 +60,10 @@ class EngineArgs:
             raise ValueError(f"swap_space must be non-negative (GiB), got {self.swap_space}.")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be non-negative, got {self.max_logprobs}.")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -21,11 +21,21 @@ from fastpage.tokenizer import Tokenizer, load_tokenizer
 Prompt = str | list[int] | dict[str, Any]
 
 
+def _resolve_max_model_len(args: EngineArgs, model_max_len: int) -> int:
+    max_model_len = args.max_model_len or model_max_len
+    if max_model_len > model_max_len:
+        raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "
+                         f"({model_max_len}).")
+    return max_model_len
+
+
 class LLMEngine:
     def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
                  max_logprobs: int = 20, max_num_seqs: int | None = None,
-                 generation_defaults: dict[str, Any] | None = None):
+                 generation_defaults: dict[str, Any] | None = None, parallel_runtime=None):
         self.engine = engine  # fastpage._C.Engine
+        # fastpage.distributed.launcher.ParallelRuntime when tensor/pipeline parallel: the workers.
+        self.parallel_runtime = parallel_runtime
         self.tokenizer = tokenizer
         self.model_config = model_config
         self.max_model_len = max_model_len
@@ -46,19 +56,62 @@ class LLMEngine:
 
             model = default_model_path()
         device = args.resolved_device()
-        loaded = load_model(model, dtype=args.dtype, device=device)
-        max_model_len = args.max_model_len or loaded.max_model_len
-        if max_model_len > loaded.max_model_len:
-            raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "
-                             f"({loaded.max_model_len}).")
-        tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
-                                   loaded.chat_template)
-        dtype = loaded.weights["embed_tokens.weight"].dtype
-        config = args.engine_config(max_model_len)
-        engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
+        runtime = None
+        parallel = None
+        if args.world_size > 1:
+            from fastpage.distributed.launcher import ParallelRuntime, device_for_rank
+            from fastpage.model_loader import read_model_config
+
+            model_config, model_max_len = read_model_config(model)
+            max_model_len = _resolve_max_model_len(args, model_max_len)
+            probe = _C.ParallelConfig()
+            probe.tensor_parallel_size, probe.pipeline_parallel_size = (args.tensor_parallel_size,
+                                                                        args.pipeline_parallel_size)
+            _C.model_shard(model_config, probe)  # ValueError naming the field before any process starts
+            device = device_for_rank(device, 0)
+            runtime = ParallelRuntime(dataclasses.replace(args, model=model), max_model_len, device)
+            parallel = runtime.parallel_config
+        try:
+            loaded = load_model(model, dtype=args.dtype, device=device, parallel=parallel)
+            max_model_len = _resolve_max_model_len(args, loaded.max_model_len)
+            tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
+                                       loaded.chat_template)
+            dtype = loaded.weights["embed_tokens.weight"].dtype
+            config = args.engine_config(max_model_len)
+            if parallel is not None:
+                config.parallel = parallel
+            engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
+        except BaseException:
+            if runtime is not None:
+                runtime.fail("rank 0 failed to start")
+                runtime.shutdown()
+            raise
         return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
                    max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
-                   generation_defaults=loaded.generation_defaults)
+                   generation_defaults=loaded.generation_defaults, parallel_runtime=runtime)
+
+    def check_health(self) -> None:
+        """RuntimeError when the engine cannot serve: a tensor/pipeline parallel worker died or a
+        step with the other ranks failed."""
+        if self.parallel_runtime is not None:
+            self.parallel_runtime.check()
+        if self.engine is None:
+            raise RuntimeError("fastpage: the engine has been shut down")
+
+    def shutdown(self) -> None:
+        """Releases the engine; with parallel workers, tells them to stop and reaps them. Idempotent;
+        also run when the LLMEngine is garbage-collected."""
+        runtime = self.parallel_runtime
+        if runtime is not None:
+            runtime.stop_watching()
+        self.engine = None  # the C++ destructor sends the workers shutdown
+        if runtime is not None:
+            runtime.shutdown()
+            self.parallel_runtime = None
+
+    def __del__(self) -> None:
+        if getattr(self, "parallel_runtime", None) is not None:
+            self.shutdown()
 
     # ------------------------------------------------------------------ requests
     def default_sampling_params(self) -> SamplingParams:
@@ -69,6 +122,7 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0) -> None:
         """Tokenizes and validates, then queues the request; ValueError for bad input."""
+        self.check_health()
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use.")
         if not isinstance(params, SamplingParams):
@@ -126,7 +180,7 @@ class LLMEngine:
         """Runs one engine step; returns the cumulative output of every request that progressed
         (finished ones included, after which they are forgotten)."""
         progressed: dict[str, RequestState] = {}
-        for out in self.engine.step():
+        for out in self._engine_step():
             state = self._requests.get(out.request_id)
             if state is None:
                 continue  # aborted meanwhile
@@ -159,6 +213,16 @@ class LLMEngine:
             if state.finished:
                 del self._requests[request_id]
         return outputs
+
+    def _engine_step(self):
+        self.check_health()
+        if self.parallel_runtime is None:
+            return self.engine.step()
+        try:
+            return self.engine.step()
+        except RuntimeError as e:
+            self.parallel_runtime.fail(f"a step failed: {e}")
+            raise RuntimeError(f"fastpage: the parallel engine is dead: {self.parallel_runtime.failure}") from e
 
     def get_stats(self) -> dict[str, Any]:
         stats = self.engine.stats()

@@ -1,0 +1,169 @@
+"""Rank 0's side of tensor / pipeline parallelism: the worker processes (ranks 1..world-1) started
+as `python -m fastpage.worker --config JSON`, watched, and reaped.
+
+A watcher thread polls the workers; when one exits unasked, the runtime records why and kills the
+others, which breaks every connection rank 0 has, so a step blocked in a collective fails within
+moments instead of waiting out a timeout. LLMEngine then raises RuntimeError for that step and every
+later one (see LLMEngine.check_health).
+
+Single node: rank r runs on cuda:r (GPU) or the CPU with cores / world threads. For several nodes
+the launch would pass the node's first rank and the master address (EngineArgs
+distributed_master_addr / distributed_master_port) to each node's launcher; only ranks on this node
+are started here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import torch
+
+from fastpage import _C
+from fastpage.distributed.process_groups import destroy_process_groups, init_process_groups
+from fastpage.engine_args import EngineArgs
+
+_POLL_SECONDS = 0.1
+
+
+@dataclasses.dataclass
+class WorkerSpec:
+    """Everything a worker process needs, as JSON on its command line (no pickle)."""
+
+    engine_args: dict
+    max_model_len: int
+    rank: int
+    master_addr: str
+    master_port: int
+    num_threads: int  # torch intra-op threads on CPU; 0 leaves torch's default
+    parent_pid: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+
+def device_for_rank(device: str, local_rank: int) -> str:
+    """cuda:{local_rank} on GPUs, cpu otherwise."""
+    return "cpu" if device == "cpu" else f"cuda:{local_rank}"
+
+
+def threads_per_rank(device: str, local_world_size: int) -> int:
+    if device != "cpu":
+        return 0
+    return max(1, len(os.sched_getaffinity(0)) // local_world_size)
+
+
+def free_port(addr: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+class ParallelRuntime:
+    """Started by rank 0 before it loads its own shard; `parallel_config` is rank 0's."""
+
+    def __init__(self, args: EngineArgs, max_model_len: int, device: str):
+        tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+        world_size = tp * pp
+        master_addr = args.distributed_master_addr
+        master_port = args.distributed_master_port or free_port(master_addr)
+        self.failure: str | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._num_threads = threads_per_rank(device, world_size)
+        self._saved_threads = torch.get_num_threads()
+        worker_args = dataclasses.asdict(args)
+        self.workers: dict[int, subprocess.Popen] = {}
+        for rank in range(1, world_size):
+            spec = WorkerSpec(engine_args=worker_args, max_model_len=max_model_len, rank=rank,
+                              master_addr=master_addr, master_port=master_port,
+                              num_threads=self._num_threads, parent_pid=os.getpid())
+            self.workers[rank] = subprocess.Popen(
+                [sys.executable, "-m", "fastpage.worker", "--config", spec.to_json()], env=_worker_env())
+        atexit.register(_kill, list(self.workers.values()))
+        self._watcher = threading.Thread(target=self._watch, name="fastpage-worker-watcher", daemon=True)
+        self._watcher.start()
+        try:
+            if self._num_threads:
+                torch.set_num_threads(self._num_threads)
+            self.parallel_config: _C.ParallelConfig = init_process_groups(
+                0, tp, pp, master_addr, master_port, "cpu" if device == "cpu" else "cuda",
+                args.distributed_timeout_seconds)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.workers.values()]
+
+    def check(self) -> None:
+        """RuntimeError when a worker has failed (the engine cannot step any more)."""
+        if self.failure is not None:
+            raise RuntimeError(f"fastpage: the parallel engine is dead: {self.failure}")
+
+    def fail(self, reason: str) -> None:
+        """Records the first failure and kills every worker (so rank 0's collectives stop waiting)."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = reason
+        _kill(list(self.workers.values()))
+
+    def stop_watching(self) -> None:
+        """Before a deliberate shutdown: workers exiting from now on are not failures."""
+        self._stopping.set()
+
+    def shutdown(self, grace_seconds: float = 10.0) -> None:
+        """Waits for the workers to exit (the Engine's destructor told them to), kills any left, and
+        tears down the process groups. Idempotent."""
+        self._stopping.set()
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                break
+        _kill(list(self.workers.values()))
+        atexit.unregister(_kill)
+        if self._watcher.is_alive() and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        destroy_process_groups()
+        torch.set_num_threads(self._saved_threads)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(_POLL_SECONDS):
+            for rank, proc in self.workers.items():
+                code = proc.poll()
+                if code is not None and not self._stopping.is_set():
+                    self.fail(f"worker rank {rank} (pid {proc.pid}) exited with code {code}")
+                    return
+
+
+def _kill(procs: list[subprocess.Popen], grace_seconds: float = 5.0) -> None:
+    """SIGTERM every live process, SIGKILL what is left after the grace period, and reap them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _worker_env() -> dict[str, str]:
+    """The parent's environment, with this fastpage package importable in the child."""
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env

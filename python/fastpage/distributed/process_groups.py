@@ -1,0 +1,60 @@
+"""torch.distributed process groups for tensor / pipeline parallelism.
+
+Every rank calls init_process_groups with the same sizes; it returns this rank's _C.ParallelConfig,
+which names the groups for C++ (ProcessGroup.group_name, resolved there with
+c10d::resolve_process_group):
+- world: all ranks, Gloo, rank 0's step plans and shutdown. Its timeout is very long on purpose: idle
+  workers wait in it for the next step for as long as the server is idle.
+- tp: the ranks of one pipeline stage; pp: the ranks with one tp_rank, one per stage. These carry
+  activations (NCCL on CUDA, Gloo on CPU) with `timeout_seconds`: a rank that hangs inside a step
+  makes its peers' collectives fail after that long, and the failure surfaces as a RuntimeError on
+  rank 0. A rank that dies breaks its connections, which fails its peers' collectives at once.
+
+Global rank = pp_rank * tp + tp_rank; rank 0 is stage 0, tp_rank 0: the engine process.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import torch.distributed as dist
+
+from fastpage import _C
+
+# Long enough to be "forever" for an idle server, short enough for Gloo's millisecond counters.
+CONTROL_TIMEOUT = datetime.timedelta(days=365)
+
+
+def init_process_groups(rank: int, tensor_parallel_size: int, pipeline_parallel_size: int, master_addr: str,
+                        master_port: int, device_type: str, timeout_seconds: float) -> _C.ParallelConfig:
+    tp, pp = tensor_parallel_size, pipeline_parallel_size
+    world_size = tp * pp
+    timeout = datetime.timedelta(seconds=timeout_seconds)
+    data_backend = "nccl" if device_type == "cuda" else "gloo"
+    # The default group only does the rendezvous (rank 0 hosts the TCP store at master_port).
+    dist.init_process_group("gloo", init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
+                            world_size=world_size, timeout=timeout)
+    config = _C.ParallelConfig()
+    config.tensor_parallel_size, config.pipeline_parallel_size, config.rank = tp, pp, rank
+    config.timeout_seconds = timeout_seconds
+    config.world_group = dist.new_group(list(range(world_size)), timeout=CONTROL_TIMEOUT,
+                                        backend="gloo").group_name
+    # new_group is collective: every rank creates every group, in the same order.
+    if tp > 1:
+        for stage in range(pp):
+            ranks = [stage * tp + t for t in range(tp)]
+            group = dist.new_group(ranks, timeout=timeout, backend=data_backend)
+            if rank in ranks:
+                config.tp_group = group.group_name
+    if pp > 1:
+        for tp_rank in range(tp):
+            ranks = [stage * tp + tp_rank for stage in range(pp)]
+            group = dist.new_group(ranks, timeout=timeout, backend=data_backend)
+            if rank in ranks:
+                config.pp_group = group.group_name
+    return config
+
+
+def destroy_process_groups() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

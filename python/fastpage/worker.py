@@ -1,0 +1,70 @@
+"""A tensor / pipeline parallel worker process (ranks 1..world-1): `python -m fastpage.worker --config JSON`.
+
+Started by rank 0 (fastpage.distributed.launcher) with a WorkerSpec. Joins the process groups, loads
+only its own shard, and runs fastpage::Worker until rank 0 sends shutdown. Exits non-zero when a
+collective fails (rank 0 or another rank died), and on its own when its parent process goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import torch
+
+from fastpage import _C
+from fastpage.distributed.launcher import WorkerSpec, device_for_rank
+from fastpage.distributed.process_groups import destroy_process_groups, init_process_groups
+from fastpage.engine_args import EngineArgs
+from fastpage.model_loader import load_model
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fastpage-parent-watch", daemon=True).start()
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    args = EngineArgs(**spec.engine_args)
+    world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+    device = device_for_rank(args.resolved_device(), spec.rank)  # one node: local rank = rank
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    parallel = init_process_groups(spec.rank, args.tensor_parallel_size, args.pipeline_parallel_size,
+                                   spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
+                                   args.distributed_timeout_seconds)
+    assert parallel.world_size == world_size
+    try:
+        loaded = load_model(args.model, dtype=args.dtype, device=device, parallel=parallel)
+        config = args.engine_config(spec.max_model_len)
+        config.parallel = parallel
+        dtype = next(iter(loaded.weights.values())).dtype  # every rank holds at least one layer
+        worker = _C.Worker(loaded.model_config, config, loaded.weights, device, dtype)
+        del loaded
+        worker.run()
+    finally:
+        destroy_process_groups()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastpage.worker", description=__doc__)
+    parser.add_argument("--config", required=True, help="WorkerSpec as JSON")
+    spec = WorkerSpec.from_json(parser.parse_args(argv).config)
+    _exit_when_orphaned(spec.parent_pid)
+    try:
+        run_worker(spec)
+    except Exception as e:  # noqa: BLE001  (reported to stderr; rank 0 sees the exit code)
+        print(f"fastpage worker rank {spec.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
