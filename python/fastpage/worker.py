@@ -17,7 +17,7 @@ import torch
 
 from fastpage import _C
 from fastpage.distributed.launcher import WorkerSpec, device_for_rank
-from fastpage.distributed.process_groups import destroy_process_groups, init_process_groups
+from fastpage.distributed.process_groups import init_process_groups
 from fastpage.engine_args import EngineArgs
 from fastpage.model_loader import load_model
 
@@ -41,30 +41,31 @@ def run_worker(spec: WorkerSpec) -> None:
                                    spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
                                    args.distributed_timeout_seconds)
     assert parallel.world_size == world_size
-    try:
-        loaded = load_model(args.model, dtype=args.dtype, device=device, parallel=parallel)
-        config = args.engine_config(spec.max_model_len)
-        config.parallel = parallel
-        dtype = next(iter(loaded.weights.values())).dtype  # every rank holds at least one layer
-        worker = _C.Worker(loaded.model_config, config, loaded.weights, device, dtype)
-        del loaded
-        worker.run()
-    finally:
-        destroy_process_groups()
+    loaded = load_model(args.model, dtype=args.dtype, device=device, parallel=parallel)
+    config = args.engine_config(spec.max_model_len)
+    config.parallel = parallel
+    dtype = next(iter(loaded.weights.values())).dtype  # every rank holds at least one layer
+    worker = _C.Worker(loaded.model_config, config, loaded.weights, device, dtype)
+    del loaded
+    worker.run()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastpage.worker", description=__doc__)
     parser.add_argument("--config", required=True, help="WorkerSpec as JSON")
     spec = WorkerSpec.from_json(parser.parse_args(argv).config)
     _exit_when_orphaned(spec.parent_pid)
+    code = 0
     try:
         run_worker(spec)
     except Exception as e:  # noqa: BLE001  (reported to stderr; rank 0 sees the exit code)
         print(f"fastpage worker rank {spec.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+        code = 1
+    sys.stdout.flush()
+    # Nothing to tear down (the process groups die with the process): skip the interpreter's slow
+    # teardown, which can also block on a group whose peer is gone.
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
