@@ -16,6 +16,8 @@ Global rank = pp_rank * tp + tp_rank; rank 0 is stage 0, tp_rank 0: the engine p
 from __future__ import annotations
 
 import datetime
+import time
+from collections.abc import Callable
 
 import torch.distributed as dist
 
@@ -23,17 +25,35 @@ from fastpage import _C
 
 # Long enough to be "forever" for an idle server, short enough for Gloo's millisecond counters.
 CONTROL_TIMEOUT = datetime.timedelta(days=365)
+# How long workers may take to start (import torch, initialise CUDA) and reach the rendezvous.
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=10)
+_JOINED_KEY = "fastpage/joined"
 
 
 def init_process_groups(rank: int, tensor_parallel_size: int, pipeline_parallel_size: int, master_addr: str,
-                        master_port: int, device_type: str, timeout_seconds: float) -> _C.ParallelConfig:
+                        master_port: int, device_type: str, timeout_seconds: float,
+                        check_workers: Callable[[], None] | None = None) -> _C.ParallelConfig:
+    """Rendezvous at master_addr:master_port (rank 0 hosts the TCP store there), then the groups.
+    Rank 0 waits until every other rank has joined the store, calling `check_workers` (which raises
+    when a worker process died) while it waits, so a worker that fails to start is an error at once."""
     tp, pp = tensor_parallel_size, pipeline_parallel_size
     world_size = tp * pp
     timeout = datetime.timedelta(seconds=timeout_seconds)
     data_backend = "nccl" if device_type == "cuda" else "gloo"
-    # The default group only does the rendezvous (rank 0 hosts the TCP store at master_port).
-    dist.init_process_group("gloo", init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
-                            world_size=world_size, timeout=timeout)
+    store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0, timeout=RENDEZVOUS_TIMEOUT,
+                          wait_for_workers=False)
+    if rank == 0:
+        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT.total_seconds()
+        while store.add(_JOINED_KEY, 0) < world_size - 1:
+            if check_workers is not None:
+                check_workers()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fastpage: workers did not reach the rendezvous within {RENDEZVOUS_TIMEOUT}")
+            time.sleep(0.05)
+    else:
+        store.add(_JOINED_KEY, 1)
+    # The default group only completes the rendezvous; C++ uses the groups below.
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
     config = _C.ParallelConfig()
     config.tensor_parallel_size, config.pipeline_parallel_size, config.rank = tp, pp, rank
     config.timeout_seconds = timeout_seconds
