@@ -7,7 +7,7 @@ import collections.abc
 import enum
 import torch
 import typing
-__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FinishReason', 'FinishedSeq', 'ModelConfig', 'ModelRunner', 'NormType', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'wants_logprobs']
+__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FinishReason', 'FinishedSeq', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
 class NormType(enum.Enum):
     LayerNorm: typing.ClassVar[NormType]
     RMSNorm: typing.ClassVar[NormType]
@@ -57,10 +57,24 @@ class ModelConfig:
     rope_scaling_factor: float
     rope_theta: float
     vocab_size: int
+class ParallelConfig:
+    pp_group: str
+    tp_group: str
+    world_group: str
+    def __init__(self) -> None:
+        ...
+    pipeline_parallel_size: int
+    pp_rank: typing.Final[int]
+    rank: int
+    tensor_parallel_size: int
+    timeout_seconds: float
+    tp_rank: typing.Final[int]
+    world_size: typing.Final[int]
 class EngineConfig:
     enable_chunked_prefill: bool
     enable_prefix_caching: bool
     enforce_eager: bool
+    parallel: ParallelConfig
     def __init__(self) -> None:
         ...
     block_size: int
@@ -345,5 +359,32 @@ class Engine:
         ...
     max_model_len: typing.Final[int]
     num_device_blocks: typing.Final[int]
+class ModelShard:
+    first_stage: typing.Final[bool]
+    head_begin: typing.Final[int]
+    intermediate_begin: typing.Final[int]
+    intermediate_size: typing.Final[int]
+    kv_head_begin: typing.Final[int]
+    last_stage: typing.Final[bool]
+    layer_begin: typing.Final[int]
+    layer_end: typing.Final[int]
+    num_heads: typing.Final[int]
+    num_kv_heads: typing.Final[int]
+    pp_rank: typing.Final[int]
+    pp_size: typing.Final[int]
+    tp_rank: typing.Final[int]
+    tp_size: typing.Final[int]
+    vocab_begin: typing.Final[int]
+    vocab_rows: typing.Final[int]
+class Worker:
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: collections.abc.Mapping[str, torch.Tensor], device: str = 'cpu', dtype: torch.dtype = ...) -> None:
+        ...
+    def run(self) -> None:
+        ...
+    num_steps: typing.Final[int]
+def model_shard(model_config: ModelConfig, parallel_config: ParallelConfig) -> ModelShard:
+    ...
+def pipeline_layer_range(num_layers: typing.SupportsInt | typing.SupportsIndex, pp_size: typing.SupportsInt | typing.SupportsIndex, pp_rank: typing.SupportsInt | typing.SupportsIndex) -> tuple[int, int]:
+    ...
 def wants_logprobs(params: CSamplingParams) -> bool:
     ...
