@@ -46,7 +46,7 @@ class LLMEngine:
 
             model = default_model_path()
         device = args.resolved_device()
-        loaded = load_model(model, dtype=args.dtype, device=device)
+        loaded = load_model(model, dtype=args.dtype, device=device, load_format=args.load_format)
         max_model_len = args.max_model_len or loaded.max_model_len
         if max_model_len > loaded.max_model_len:
             raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "

@@ -16,6 +16,7 @@ import torch
 
 from fastpage import _C
 from fastpage.model_loader import LoadedModel, resolve_dtype
+from fastpage.model_loader.dummy_weights import dummy_weights
 
 _LLAMA_LIKE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 SUPPORTED_ARCHITECTURES = (*_LLAMA_LIKE, "GPT2LMHeadModel", "OPTForCausalLM")
@@ -33,8 +34,10 @@ _ACTIVATIONS = {"silu": _C.Activation.SiLU, "gelu_new": _C.Activation.GeluTanh,
                 "relu": _C.Activation.ReLU}
 
 
-def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`."""
+def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
+            load_format: str = "auto") -> LoadedModel:
+    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`.
+    load_format "dummy" reads config.json only and makes seeded random weights (dummy_weights.py)."""
     path = os.fspath(path)
     config = _read_json(os.path.join(path, "config.json"), required=True)
     architecture = _architecture(config)
@@ -49,9 +52,12 @@ def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu") -
         mapper = _map_opt
 
     torch_dtype = resolve_dtype(dtype, _checkpoint_dtype(config), device)
-    checkpoint = _read_checkpoint(path)
-    weights = _Renamer(checkpoint, model_config).run(mapper)
-    weights = {name: t.to(device=device, dtype=torch_dtype).contiguous() for name, t in weights.items()}
+    if load_format == "dummy":
+        weights = dict(dummy_weights(model_config, torch_dtype, device))
+    else:
+        checkpoint = _read_checkpoint(path)
+        weights = _Renamer(checkpoint, model_config).run(mapper)
+        weights = {name: t.to(device=device, dtype=torch_dtype).contiguous() for name, t in weights.items()}
 
     eos_token_ids, generation_defaults = _generation_config(path, config)
     return LoadedModel(model_config=model_config, weights=weights, eos_token_ids=eos_token_ids,
