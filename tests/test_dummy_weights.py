@@ -64,3 +64,22 @@ def test_dummy_weights_are_a_function_of_seed_and_name(tiny_models):  # noqa: F8
 def test_unknown_load_format_is_rejected(tiny_models):  # noqa: F811
     with pytest.raises(ValueError, match="load_format"):
         LLM(model=tiny_models["llama"], load_format="safetensorz", device="cpu")
+
+
+def test_a_shard_is_made_without_the_whole_weight():
+    from fastpage.model_loader.dummy_weights import INIT_STD, dummy_tensor
+
+    shape = (96, 40)
+    full = dummy_tensor("layers.3.qkv_proj.weight", shape, torch.float32, "cpu")
+
+    def rows_and_columns(name: str, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[8:16, 5:30], t[64:72, 5:30]])  # two row ranges of a column slice
+
+    shard = dummy_tensor("layers.3.qkv_proj.weight", shape, torch.float32, "cpu", shard=rows_and_columns)
+    assert torch.equal(shard, rows_and_columns("", full))
+    assert dummy_tensor("lm_head.weight", shape, torch.float32, "cpu", shard=lambda n, t: None) is None
+    # Uniform with the init std; neighbouring elements and rows uncorrelated.
+    big = dummy_tensor("embed_tokens.weight", (512, 512), torch.float32, "cpu")
+    assert abs(big.mean()) < 1e-3 and abs(big.std() - INIT_STD) < 1e-3
+    assert abs(torch.corrcoef(torch.stack([big[:, :-1].flatten(), big[:, 1:].flatten()]))[0, 1]) < 0.02
+    assert abs(torch.corrcoef(torch.stack([big[:-1].flatten(), big[1:].flatten()]))[0, 1]) < 0.02

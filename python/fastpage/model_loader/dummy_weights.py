@@ -1,16 +1,17 @@
 """Random weights in a model's canonical shapes (vLLM's load_format="dummy"): benchmark and test big
 shapes where no checkpoint can be downloaded or carried.
 
-Every tensor is a pure function of (seed, name): each is drawn from its own generator on the target
-device, so one process, every tensor-parallel rank and a reference model built with
-`hf_state_dict` all see the same numbers. Linear and embedding weights ~ N(0, 0.02) (HF's
-initializer_range), biases ~ N(0, 0.02), norm weights 1 and norm biases 0.
+Every element is a hash of (seed, name, row, column): the same numbers on CPU and GPU, in one process
+or split over tensor-parallel ranks (each rank makes only its shard), and in a reference model filled
+through `hf_state_dict_tensor`. Linear and embedding weights and biases are uniform with standard
+deviation 0.02 (HF's initializer_range); norm weights are 1 and norm biases 0.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -60,23 +61,67 @@ def canonical_shapes(c: _C.ModelConfig) -> Iterator[tuple[str, tuple[int, ...]]]
         yield "lm_head.weight", (c.vocab_size, hidden)
 
 
-def dummy_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,
+_MASK32 = 0xFFFFFFFF
+_CHUNK = 1 << 24  # elements per hashing pass: bounds the int64 temporaries
+
+
+def _hashed_uniform(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """float32 in [-0.5, 0.5) from a 32-bit integer hash of (key, row, col), elementwise."""
+    x = (rows * 0x9E3779B1 + cols * 0x85EBCA77 + key) & _MASK32
+    # A 32-bit avalanche hash; int64 products wrap, and the masks keep their exact low 32 bits.
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x.to(torch.float32) * 2.0**-32 - 0.5
+
+
+def dummy_values(name: str, rows: torch.Tensor, cols: torch.Tensor | int, dtype: torch.dtype,
                  seed: int = 0) -> torch.Tensor:
-    """The weight `name` would hold in a dummy model with this seed."""
-    is_norm = "norm" in name.rsplit(".", 2)[-2]
-    if is_norm:
-        return (torch.ones if name.endswith(".weight") else torch.zeros)(shape, dtype=dtype, device=device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(zlib.crc32(f"{seed}:{name}".encode()))  # 32 bits: the CPU generator keeps no more
-    out = torch.empty(shape, dtype=dtype, device=device)
-    return out.normal_(0.0, INIT_STD, generator=generator)
+    """The elements (rows[k], cols[k]) of the dummy weight `name`: any slice of a weight, or a
+    tensor-parallel shard of it, is made without making the whole weight."""
+    if "norm" in name.rsplit(".", 2)[-2]:
+        fill = 1.0 if name.endswith(".weight") else 0.0
+        return torch.full(rows.shape, fill, dtype=dtype, device=rows.device)
+    key = zlib.crc32(f"{seed}:{name}".encode())
+    cols = torch.as_tensor(cols, device=rows.device).expand(rows.shape)
+    out = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+    flat_out, flat_rows, flat_cols = out.view(-1), rows.reshape(-1), cols.reshape(-1)
+    scale = 2.0 * math.sqrt(3.0) * INIT_STD  # uniform with standard deviation INIT_STD
+    for begin in range(0, flat_out.numel(), _CHUNK):
+        end = begin + _CHUNK
+        flat_out[begin:end] = _hashed_uniform(key, flat_rows[begin:end], flat_cols[begin:end]) * scale
+    return out
 
 
-def dummy_weights(c: _C.ModelConfig, dtype: torch.dtype, device: str | torch.device,
-                  seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Canonical (name, tensor) pairs, one at a time, so a caller can shard each and drop the rest."""
+def dummy_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,
+                 seed: int = 0, shard: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None
+                 ) -> torch.Tensor | None:
+    """The weight `name` of a dummy model with this seed, or the part `shard` cuts from it (a function
+    of (name, full tensor) that slices and concatenates; None: this rank holds none of it). The shard
+    is applied to index tensors, so only its own elements are made."""
+    rows = torch.arange(shape[0], device=device)
+    cols: torch.Tensor | int = 0
+    if len(shape) == 2:
+        rows, cols = rows[:, None].expand(shape), torch.arange(shape[1], device=device)[None, :].expand(shape)
+    if shard is not None:
+        rows = shard(name, rows)
+        if rows is None:
+            return None
+        if len(shape) == 2:
+            cols = shard(name, cols)
+    return dummy_values(name, rows, cols, dtype, seed)
+
+
+def dummy_weights(c: _C.ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int = 0,
+                  shard: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Canonical (name, tensor) pairs of this rank (see dummy_tensor), one at a time."""
     for name, shape in canonical_shapes(c):
-        yield name, dummy_tensor(name, shape, dtype, device, seed)
+        tensor = dummy_tensor(name, shape, dtype, device, seed, shard)
+        if tensor is not None:
+            yield name, tensor
 
 
 def hf_state_dict_tensor(c: _C.ModelConfig, hf_name: str, dtype: torch.dtype, device: str | torch.device,
