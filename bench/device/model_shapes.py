@@ -18,6 +18,10 @@ SHAPES = {
         architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
         max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-3-70b": dict(
+        architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=8192, intermediate_size=28672,
+        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
 }
 
 
@@ -32,6 +36,17 @@ def hf_config(shape: str, num_layers: int | None = None):
     config = config_class(**fields, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     config.architectures = [architecture]
     return config
+
+
+def write_config_dir(shape: str, path: str, num_layers: int | None = None) -> str:
+    """config.json and the small tokenizer only: for load_format="dummy", where every rank makes its
+    own shard of the weights (no checkpoint of a 70B model is written or read)."""
+    config = hf_config(shape, num_layers)
+    config.torch_dtype = torch.bfloat16
+    os.makedirs(path, exist_ok=True)
+    config.save_pretrained(path)
+    save_tokenizer(path)
+    return path
 
 
 def make_checkpoint(shape: str, path: str, num_layers: int | None = None, seed: int = 0):

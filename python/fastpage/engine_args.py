@@ -14,6 +14,7 @@ class EngineArgs:
     model: str | None = None  # HF model directory or .gguf file; None: the default model
     tokenizer: str | None = None  # default: the model's own
     dtype: str = "auto"
+    load_format: str = "auto"  # "dummy": config.json only, seeded random weights (benchmarks)
     max_model_len: int | None = None  # default: the model's context length
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
@@ -110,6 +111,8 @@ class EngineArgs:
         parser.add_argument("--tokenizer", default=None, help="tokenizer directory or .gguf (default: the model's)")
         parser.add_argument("--dtype", default=defaults.dtype,
                             choices=["auto", "float32", "float", "bfloat16", "float16", "half"])
+        parser.add_argument("--load-format", default=defaults.load_format, choices=["auto", "dummy"],
+                            help="dummy: random weights in the model's shapes (config.json only)")
         parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
         parser.add_argument("--gpu-memory-utilization", type=float, default=defaults.gpu_memory_utilization)
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=defaults.tensor_parallel_size)

@@ -72,7 +72,8 @@ class LLMEngine:
             runtime = ParallelRuntime(dataclasses.replace(args, model=model), max_model_len, device)
             parallel = runtime.parallel_config
         try:
-            loaded = load_model(model, dtype=args.dtype, device=device, parallel=parallel)
+            loaded = load_model(model, dtype=args.dtype, device=device, load_format=args.load_format,
+                                parallel=parallel)
             max_model_len = _resolve_max_model_len(args, loaded.max_model_len)
             tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
                                        loaded.chat_template)

@@ -41,7 +41,8 @@ def run_worker(spec: WorkerSpec) -> None:
                                    spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
                                    args.distributed_timeout_seconds)
     assert parallel.world_size == world_size
-    loaded = load_model(args.model, dtype=args.dtype, device=device, parallel=parallel)
+    loaded = load_model(args.model, dtype=args.dtype, device=device, load_format=args.load_format,
+                        parallel=parallel)
     config = args.engine_config(spec.max_model_len)
     config.parallel = parallel
     dtype = next(iter(loaded.weights.values())).dtype  # every rank holds at least one layer

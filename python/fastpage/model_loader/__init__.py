@@ -27,17 +27,25 @@ class LoadedModel:
     chat_template: str | None = None
 
 
-def load_model(model: str, dtype: str = "auto", device: str = "cpu",
+LOAD_FORMATS = ("auto", "dummy")
+
+
+def load_model(model: str, dtype: str = "auto", device: str = "cpu", load_format: str = "auto",
                parallel: _C.ParallelConfig | None = None) -> LoadedModel:
-    """Loads an HF model directory or a GGUF file, with weights in `dtype` on `device`. With a
+    """Loads an HF model directory or a GGUF file, with weights in `dtype` on `device`; load_format
+    "dummy" takes an HF directory's config.json and makes random weights (vLLM's dummy format). With a
     `parallel` config of world size > 1, only that rank's shard (model_loader/sharding.py)."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {load_format!r}")
     if model.endswith(".gguf"):
+        if load_format == "dummy":
+            raise ValueError("load_format 'dummy' needs an HF model directory (config.json), not a GGUF file.")
         from fastpage.model_loader.gguf import load_gguf
 
         return load_gguf(model, dtype=dtype, device=device, parallel=parallel)
     from fastpage.model_loader.hf import load_hf
 
-    return load_hf(model, dtype=dtype, device=device, parallel=parallel)
+    return load_hf(model, dtype=dtype, device=device, load_format=load_format, parallel=parallel)
 
 
 def read_model_config(model: str) -> tuple[_C.ModelConfig, int]:

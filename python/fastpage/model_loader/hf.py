@@ -17,6 +17,7 @@ import torch
 
 from fastpage import _C
 from fastpage.model_loader import LoadedModel, resolve_dtype
+from fastpage.model_loader.dummy_weights import dummy_weights
 from fastpage.model_loader.sharding import Sharder
 
 _LLAMA_LIKE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -36,9 +37,10 @@ _ACTIVATIONS = {"silu": _C.Activation.SiLU, "gelu_new": _C.Activation.GeluTanh,
 
 
 def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
-            parallel: _C.ParallelConfig | None = None) -> LoadedModel:
-    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`;
-    with `parallel` (world size > 1), only this rank's shard (model_loader/sharding.py)."""
+            load_format: str = "auto", parallel: _C.ParallelConfig | None = None) -> LoadedModel:
+    """Loads an HF model directory with weights in `dtype` ("auto" keeps the checkpoint's) on `device`.
+    load_format "dummy" reads config.json only and makes seeded random weights (dummy_weights.py).
+    With `parallel` (world size > 1), only this rank's shard (model_loader/sharding.py)."""
     path = os.fspath(path)
     model_config, max_model_len = read_hf_config(path)
     config = _read_json(os.path.join(path, "config.json"), required=True)
@@ -46,7 +48,10 @@ def load_hf(path: str | os.PathLike, dtype: str = "auto", device: str = "cpu",
                                                                              _map_llama_like)
     torch_dtype = resolve_dtype(dtype, _checkpoint_dtype(config), device)
     sharder = Sharder(model_config, parallel) if parallel is not None and parallel.world_size > 1 else None
-    weights = _Renamer(_Checkpoint(path), model_config, torch_dtype, device, sharder).run(mapper)
+    if load_format == "dummy":
+        weights = dict(dummy_weights(model_config, torch_dtype, device, shard=sharder))
+    else:
+        weights = _Renamer(_Checkpoint(path), model_config, torch_dtype, device, sharder).run(mapper)
 
     eos_token_ids, generation_defaults = _generation_config(path, config)
     return LoadedModel(model_config=model_config, weights=weights, eos_token_ids=eos_token_ids,
