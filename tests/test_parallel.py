@@ -4,18 +4,24 @@ Reference: the same tiny model (tests/tiny_models.py) in one process. Every para
 the same greedy tokens, with close logprobs, for a mixed batch run twice (long prompts split by
 chunked prefill; the second pass hits the prefix cache). After each run no KV block is left in use
 and every worker process has exited. Also: a worker killed mid-generation turns into a RuntimeError
-within seconds and the other workers are reaped; idle workers outlive the data groups' timeout; bad
-sizes are ValueErrors naming the field.
+within seconds and the other workers are reaped (and a server's /health fails); idle workers
+outlive the data groups' timeout; two "nodes" on this machine (a worker-only `fastpage serve
+--node-rank 1` process) serve like one; bad sizes are ValueErrors naming the field.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
+import httpx
+import openai
 import pytest
+from server_process import FASTPAGE_PARENT, free_port, running_server
 
 from fastpage import LLM, SamplingParams, _C
 from tiny_models import tiny_models  # noqa: F401  (session fixture)
@@ -157,6 +163,65 @@ def test_idle_workers_outlive_timeout_and_a_killed_worker_fails_fast(tiny_models
         time.sleep(0.05)
     assert all(process_gone(pid) for pid in pids)
     engine.shutdown()
+
+
+ENGINE_FLAGS = ["--dtype", "float32", "--device", "cpu", "--max-model-len", "256",
+                "--kv-cache-memory-bytes", str(2 << 20), "--max-num-batched-tokens", "32"]
+
+
+def worker_pids(model_path: str) -> list[int]:
+    """Live `python -m fastpage.worker` processes serving `model_path`."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"fastpage.worker" in cmdline and model_path.encode() in cmdline and not process_gone(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
+def test_two_nodes_on_one_machine(tiny_models, reference):  # noqa: F811
+    # Node 1 is `fastpage serve --nnodes 2 --node-rank 1`: rank 1 only, no server; node 0 is this
+    # process (rank 0). They meet at node 0's --master-port like two machines would.
+    path = model_dir(tiny_models, "gpt2")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([FASTPAGE_PARENT, os.environ.get("PYTHONPATH", "")]))
+    node1 = subprocess.Popen([sys.executable, "-m", "fastpage.cli", "serve", path, "-tp", "2", "--nnodes", "2",
+                              "--node-rank", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                              *ENGINE_FLAGS], env=env)
+    try:
+        llm = make_llm(path, tp=2, nnodes=2, distributed_master_port=port)
+        assert llm.llm_engine.parallel_runtime.pids == []  # node 0 holds rank 0 alone
+        assert_same(generate(llm), reference("gpt2"))
+        llm.llm_engine.shutdown()
+        assert node1.wait(timeout=30) == 0  # its worker ended cleanly on rank 0's shutdown
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+            node1.wait()
+
+
+def test_server_health_fails_when_a_worker_dies(tiny_models, tmp_path):  # noqa: F811
+    path = model_dir(tiny_models, "llama")
+    args = ["fastpage.entrypoints.openai.api_server", "--model", path, "-tp", "2", *ENGINE_FLAGS]
+    with running_server(args, tmp_path / "server.log") as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        done = client.completions.create(model=path, prompt=[5, 6, 7], max_tokens=4, temperature=0)
+        assert len(done.choices[0].text) > 0
+        [pid] = worker_pids(path)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/health").status_code == 200:
+            assert time.monotonic() < deadline, "/health still 200 10 s after the worker died"
+            time.sleep(0.1)
+        health = httpx.get(f"{base}/health")
+        assert health.status_code == 503 and "dead" in health.json()["error"]["message"]
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.completions.create(model=path, prompt=[5, 6, 7], max_tokens=4)
+        assert failed.value.status_code >= 500
 
 
 @pytest.mark.parametrize("kwargs, field", [

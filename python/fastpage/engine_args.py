@@ -37,6 +37,10 @@ class EngineArgs:
     distributed_master_addr: str = "127.0.0.1"
     distributed_master_port: int | None = None
     distributed_timeout_seconds: float = 60.0
+    # Several machines: the world's ranks split evenly over nnodes; node 0 runs rank 0 (the engine),
+    # node k > 0 runs ranks k * world / nnodes onwards as workers only (vLLM's --nnodes/--node-rank).
+    nnodes: int = 1
+    node_rank: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -49,6 +53,14 @@ class EngineArgs:
         if self.distributed_timeout_seconds <= 0:
             raise ValueError("distributed_timeout_seconds must be positive, got "
                              f"{self.distributed_timeout_seconds}.")
+        if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, nnodes); got node_rank {self.node_rank}, nnodes {self.nnodes}.")
+        if self.world_size % self.nnodes:
+            raise ValueError(f"nnodes ({self.nnodes}) must divide tensor_parallel_size x pipeline_parallel_size "
+                             f"({self.world_size}).")
+        if self.nnodes > 1 and self.distributed_master_port is None:
+            raise ValueError("distributed_master_port (--master-port) is required with nnodes > 1: every node "
+                             "must know where node 0's rendezvous listens.")
         if self.world_size > 1 and self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device {self.device!r} names one GPU; with tensor/pipeline parallelism rank r "
                              "runs on cuda:r (give device='cuda').")
@@ -65,6 +77,10 @@ class EngineArgs:
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nnodes
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -117,6 +133,17 @@ class EngineArgs:
         parser.add_argument("--gpu-memory-utilization", type=float, default=defaults.gpu_memory_utilization)
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=defaults.tensor_parallel_size)
         parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=defaults.pipeline_parallel_size)
+        parser.add_argument("--nnodes", type=int, default=defaults.nnodes,
+                            help="machines the tensor x pipeline parallel ranks are spread over")
+        parser.add_argument("--node-rank", type=int, default=defaults.node_rank,
+                            help="this machine's index; node 0 serves, the others run workers only")
+        parser.add_argument("--master-addr", dest="distributed_master_addr", default=defaults.distributed_master_addr,
+                            help="node 0's address, where the ranks meet")
+        parser.add_argument("--master-port", dest="distributed_master_port", type=int, default=None,
+                            help="node 0's rendezvous port (default: a free one; required with --nnodes > 1)")
+        parser.add_argument("--distributed-timeout-seconds", type=float,
+                            default=defaults.distributed_timeout_seconds,
+                            help="a rank that hangs inside a step fails the step after this long")
         parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
         parser.add_argument("--max-num-batched-tokens", type=int, default=None)
         parser.add_argument("--block-size", type=int, default=defaults.block_size, choices=[8, 16, 32])

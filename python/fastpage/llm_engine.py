@@ -29,6 +29,25 @@ def _resolve_max_model_len(args: EngineArgs, model_max_len: int) -> int:
     return max_model_len
 
 
+def _resolve_model(model: str | None) -> str:
+    if model is not None:
+        return model
+    from fastpage.model_loader.default_model import default_model_path
+
+    return default_model_path()
+
+
+def run_worker_node(args: EngineArgs) -> int:
+    """Node k > 0 of a multi-node launch (`fastpage serve --nnodes N --node-rank K`): runs this node's
+    tensor/pipeline parallel ranks, no engine and no server, until node 0 shuts down. Exit code."""
+    from fastpage.distributed.launcher import run_worker_node as run_node
+    from fastpage.model_loader import read_model_config
+
+    args = dataclasses.replace(args, model=_resolve_model(args.model))
+    _, model_max_len = read_model_config(args.model)
+    return run_node(args, _resolve_max_model_len(args, model_max_len), args.resolved_device())
+
+
 class LLMEngine:
     def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
                  max_logprobs: int = 20, max_num_seqs: int | None = None,
@@ -50,11 +69,10 @@ class LLMEngine:
         from fastpage import _C
         from fastpage.model_loader import load_model
 
-        model = args.model
-        if model is None:
-            from fastpage.model_loader.default_model import default_model_path
-
-            model = default_model_path()
+        if args.node_rank != 0:
+            raise ValueError(f"node_rank {args.node_rank}: the engine runs on node 0; the other nodes run "
+                             "workers only (`fastpage serve ... --node-rank K`).")
+        model = _resolve_model(args.model)
         device = args.resolved_device()
         runtime = None
         parallel = None

@@ -34,7 +34,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 def run_worker(spec: WorkerSpec) -> None:
     args = EngineArgs(**spec.engine_args)
     world_size = args.tensor_parallel_size * args.pipeline_parallel_size
-    device = device_for_rank(args.resolved_device(), spec.rank)  # one node: local rank = rank
+    device = device_for_rank(args.resolved_device(), spec.local_rank)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     parallel = init_process_groups(spec.rank, args.tensor_parallel_size, args.pipeline_parallel_size,

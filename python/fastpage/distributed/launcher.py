@@ -6,10 +6,10 @@ others, which breaks every connection rank 0 has, so a step blocked in a collect
 moments instead of waiting out a timeout. LLMEngine then raises RuntimeError for that step and every
 later one (see LLMEngine.check_health).
 
-Single node: rank r runs on cuda:r (GPU) or the CPU with cores / world threads. For several nodes
-the launch would pass the node's first rank and the master address (EngineArgs
-distributed_master_addr / distributed_master_port) to each node's launcher; only ranks on this node
-are started here.
+Each node runs world / nnodes consecutive ranks; local rank r runs on cuda:r (GPU) or the CPU with
+cores / ranks-per-node threads. Node 0 is rank 0's (ParallelRuntime starts its other ranks); node
+k > 0 runs `run_worker_node`, which starts that node's ranks and waits for them. All of them meet at
+node 0's distributed_master_addr:distributed_master_port.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import torch
 
@@ -39,6 +40,7 @@ class WorkerSpec:
     engine_args: dict
     max_model_len: int
     rank: int
+    local_rank: int  # on its node: picks the GPU
     master_addr: str
     master_port: int
     num_threads: int  # torch intra-op threads on CPU; 0 leaves torch's default
@@ -69,28 +71,56 @@ def free_port(addr: str) -> int:
         return s.getsockname()[1]
 
 
+def spawn_workers(args: EngineArgs, max_model_len: int, device: str, ranks: range,
+                  master_port: int) -> dict[int, subprocess.Popen]:
+    """Starts `python -m fastpage.worker` for each of `ranks` (all on this node); killed at exit."""
+    num_threads = threads_per_rank(device, args.ranks_per_node)
+    worker_args = dataclasses.asdict(args)
+    workers = {}
+    for rank in ranks:
+        spec = WorkerSpec(engine_args=worker_args, max_model_len=max_model_len, rank=rank,
+                          local_rank=rank % args.ranks_per_node, master_addr=args.distributed_master_addr,
+                          master_port=master_port, num_threads=num_threads, parent_pid=os.getpid())
+        workers[rank] = subprocess.Popen([sys.executable, "-m", "fastpage.worker", "--config", spec.to_json()],
+                                         env=_worker_env())
+    atexit.register(_kill, list(workers.values()))
+    return workers
+
+
+def run_worker_node(args: EngineArgs, max_model_len: int, device: str) -> int:
+    """Node k > 0 of a multi-node launch: runs this node's ranks until they exit. Returns 0 when all
+    ended cleanly (rank 0 shut down), 1 as soon as one fails (the others are killed then)."""
+    first = args.node_rank * args.ranks_per_node
+    workers = spawn_workers(args, max_model_len, device, range(first, first + args.ranks_per_node),
+                            args.distributed_master_port)
+    try:
+        while True:
+            codes = {rank: proc.poll() for rank, proc in workers.items()}
+            failed = {rank: code for rank, code in codes.items() if code not in (None, 0)}
+            if failed:
+                print(f"fastpage node {args.node_rank}: worker exit codes {failed}", file=sys.stderr, flush=True)
+                return 1
+            if all(code == 0 for code in codes.values()):
+                return 0
+            time.sleep(_POLL_SECONDS)
+    finally:
+        _kill(list(workers.values()))
+
+
 class ParallelRuntime:
-    """Started by rank 0 before it loads its own shard; `parallel_config` is rank 0's."""
+    """Started by rank 0 before it loads its own shard; `parallel_config` is rank 0's. Starts the
+    other ranks of node 0; the other nodes start theirs (run_worker_node)."""
 
     def __init__(self, args: EngineArgs, max_model_len: int, device: str):
         tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
-        world_size = tp * pp
         master_addr = args.distributed_master_addr
         master_port = args.distributed_master_port or free_port(master_addr)
         self.failure: str | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._num_threads = threads_per_rank(device, world_size)
+        self._num_threads = threads_per_rank(device, args.ranks_per_node)
         self._saved_threads = torch.get_num_threads()
-        worker_args = dataclasses.asdict(args)
-        self.workers: dict[int, subprocess.Popen] = {}
-        for rank in range(1, world_size):
-            spec = WorkerSpec(engine_args=worker_args, max_model_len=max_model_len, rank=rank,
-                              master_addr=master_addr, master_port=master_port,
-                              num_threads=self._num_threads, parent_pid=os.getpid())
-            self.workers[rank] = subprocess.Popen(
-                [sys.executable, "-m", "fastpage.worker", "--config", spec.to_json()], env=_worker_env())
-        atexit.register(_kill, list(self.workers.values()))
+        self.workers = spawn_workers(args, max_model_len, device, range(1, args.ranks_per_node), master_port)
         self._watcher = threading.Thread(target=self._watch, name="fastpage-worker-watcher", daemon=True)
         self._watcher.start()
         try:

@@ -80,11 +80,16 @@ class AsyncEngine:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.engine.shutdown()  # reaps tensor/pipeline parallel workers
 
     def health_problem(self) -> str | None:
         """None when healthy; otherwise why not (dead thread or a step that does not return)."""
         if self._error is not None:
             return f"engine failed: {self._error!r}"
+        try:
+            self.engine.check_health()  # a tensor/pipeline parallel worker that died, even while idle
+        except RuntimeError as err:
+            return str(err)
         if self._thread is None or not self._thread.is_alive():
             return "engine thread is not running"
         started = self._step_started
