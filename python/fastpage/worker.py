@@ -37,6 +37,8 @@ def run_worker(spec: WorkerSpec) -> None:
     device = device_for_rank(args.resolved_device(), spec.local_rank)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
+    if device != "cpu":
+        torch.cuda.set_device(device)  # NCCL and the kernels' current stream follow the current device
     parallel = init_process_groups(spec.rank, args.tensor_parallel_size, args.pipeline_parallel_size,
                                    spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
                                    args.distributed_timeout_seconds)
