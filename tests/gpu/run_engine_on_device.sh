@@ -3,7 +3,8 @@
 # transformers, then the throughput and latency benchmarks (fastpage and HF in the same run).
 # Logs and JSON go under $OUT. Usage, from the repository root: bash tests/gpu/run_engine_on_device.sh
 # STAGES (default "test throughput latency") picks what runs after the build; THROUGHPUT_ARGS
-# go to bench/device/throughput_gpu.py (e.g. --skip-hf).
+# go to bench/device/throughput_gpu.py (e.g. --skip-hf); stage "tp" runs bench/device/tp_gpu.py
+# $TP_ARGS (tensor-parallel parity and throughput; on a multi-GPU machine).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-out}
@@ -36,6 +37,10 @@ for stage in $STAGES; do
     test)
       timeout 180 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_engine.py -rf 2>&1 |
         tee "$OUT/test_gpu_engine.log" | grep -E "tokens|prompt|KV cache|passed|failed|Error|assert" | tail -40
+      ;;
+    tp)
+      timeout 560 python3 bench/device/tp_gpu.py --out "$OUT/tp_gpu.json" ${TP_ARGS:-} 2>&1 | tee "$OUT/tp.log" |
+        grep -v -E "^(Loading|Writing)" | tail -40
       ;;
     latency)
       timeout 220 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" 2>&1 | tee "$OUT/latency.log" | tail -8
