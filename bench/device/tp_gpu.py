@@ -66,11 +66,11 @@ def hf_model_across_gpus(path: str, shape: str, num_gpus: int):
     module's inputs to its GPU, as accelerate's device_map does)."""
     from transformers import AutoModelForCausalLM
 
+    from fastpage.model_loader import read_model_config
     from fastpage.model_loader.dummy_weights import hf_state_dict_tensor
-    from fastpage.model_loader.hf import load_hf
 
     config = hf_config(shape)
-    model_config = load_hf(path, load_format="dummy", device="meta").model_config
+    model_config, _ = read_model_config(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     num_layers = config.num_hidden_layers
