@@ -61,15 +61,14 @@ def free_gpus() -> None:
 # ----------------------------------------------------------------------------- reference: HF
 
 
-def hf_model_across_gpus(path: str, shape: str, num_gpus: int):
-    """HF's model with the dummy weights, layers split evenly over the GPUs (pre-hooks move each
-    module's inputs to its GPU, as accelerate's device_map does)."""
+def hf_model_across_gpus(path: str, config, devices: list[str]):
+    """HF's model with the dummy weights, layers split evenly over `devices` (pre-hooks move each
+    module's inputs to its device, as accelerate's device_map does)."""
     from transformers import AutoModelForCausalLM
 
     from fastpage.model_loader import read_model_config
     from fastpage.model_loader.dummy_weights import hf_state_dict_tensor
 
-    config = hf_config(shape)
     model_config, _ = read_model_config(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
@@ -80,13 +79,13 @@ def hf_model_across_gpus(path: str, shape: str, num_gpus: int):
         module.to_empty(device=device)
         module.register_forward_pre_hook(lambda m, args, kwargs: _to(device, args, kwargs), with_kwargs=True)
 
-    place(inner.embed_tokens, "cuda:0")
+    place(inner.embed_tokens, devices[0])
     for i, layer in enumerate(inner.layers):
-        place(layer, f"cuda:{i * num_gpus // num_layers}")
-    last = f"cuda:{num_gpus - 1}"
-    place(inner.norm, last)
-    place(model.lm_head, last)
-    inner.rotary_emb = type(inner.rotary_emb)(config=config, device="cuda:0")
+        place(layer, devices[i * len(devices) // num_layers])
+    place(inner.norm, devices[-1])
+    place(model.lm_head, devices[-1])
+    with torch.device(devices[0]):  # its inv_freq buffer was computed on the meta device
+        inner.rotary_emb = type(inner.rotary_emb)(config=config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(hf_state_dict_tensor(model_config, name, torch.bfloat16, param.device))
@@ -105,16 +104,16 @@ def _to(device: str, args, kwargs):
 
 
 @torch.no_grad()
-def hf_greedy_with_logprobs(model, prompts) -> list[tuple[list[int], list[torch.Tensor]]]:
+def hf_greedy_with_logprobs(model, prompts, device: str = "cuda:0") -> list[tuple[list[int], list[torch.Tensor]]]:
     results = []
     for prompt in prompts:
-        out = model(torch.tensor([prompt], device="cuda:0"), use_cache=True)
+        out = model(torch.tensor([prompt], device=device), use_cache=True)
         tokens, rows = [], []
         for _ in range(PARITY_TOKENS):
             row = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
             rows.append(row)
             tokens.append(int(row.argmax()))
-            out = model(torch.tensor([[tokens[-1]]], device="cuda:0"), past_key_values=out.past_key_values,
+            out = model(torch.tensor([[tokens[-1]]], device=device), past_key_values=out.past_key_values,
                         use_cache=True)
         results.append((tokens, rows))
     return results
@@ -210,7 +209,8 @@ def main() -> None:
     reference = None
     if args.reference == "hf":
         start = time.perf_counter()
-        model = hf_model_across_gpus(path, args.shape, torch.cuda.device_count())
+        model = hf_model_across_gpus(path, hf_config(args.shape),
+                                     [f"cuda:{i}" for i in range(torch.cuda.device_count())])
         reference = hf_greedy_with_logprobs(model, prompts)
         print(f"HF reference over {torch.cuda.device_count()} GPUs: {time.perf_counter() - start:.1f} s")
         del model
