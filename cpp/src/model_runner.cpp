@@ -132,10 +132,8 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
     num_host_blocks = world->all_reduce_min(num_host_blocks, timeout);
   }
   kv_cache_ = std::make_unique<KVCache>(local, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
-  // CUDA graphs capture the decode pass, tensor-parallel all-reduces included (every rank sees the same
-  // plans, so every rank captures and replays the same batch sizes in the same order). Pipeline
-  // stages run eagerly: their send / recv pairs are not captured.
-  if (device_.is_cuda() && !engine.enforce_eager && parallel.pipeline_parallel_size == 1) {
+  // CUDA graphs capture one process's decode pass; with several ranks the engine runs eagerly.
+  if (device_.is_cuda() && !engine.enforce_eager && parallel.world_size() == 1) {
     decode_graphs_ = std::make_unique<DecodeGraphs>(*model_, *kv_cache_, engine.max_num_seqs, max_model_len,
                                                     engine.block_size, device_);
   }
