@@ -208,6 +208,7 @@ def throughput(llm, workload: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama-3-8b")
+    parser.add_argument("--num-layers", type=int, default=None, help="cut the shape to this many layers")
     parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--reference", choices=["first", "hf"], default="first",
                         help="first: the first --tp size is the reference; hf: HF transformers over all GPUs")
@@ -220,14 +221,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    path = write_config_dir(args.shape, args.path or f"/tmp/fastpage_bench/{args.shape}-config")
+    cut = "" if args.num_layers is None else f"-{args.num_layers}layers"
+    path = write_config_dir(args.shape, args.path or f"/tmp/fastpage_bench/{args.shape}{cut}-config", args.num_layers)
     device = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}"
     prompts = random_prompts(PARITY_PROMPT_LENS, seed=7)
     rows, parity = [], {}
     reference = None
     if args.reference == "hf":
         start = time.perf_counter()
-        model = hf_model_across_gpus(path, hf_config(args.shape),
+        model = hf_model_across_gpus(path, hf_config(args.shape, args.num_layers),
                                      [f"cuda:{i}" for i in range(torch.cuda.device_count())])
         reference = hf_greedy_with_logprobs(model, prompts)
         print(f"HF reference over {torch.cuda.device_count()} GPUs: {time.perf_counter() - start:.1f} s")
@@ -259,7 +261,8 @@ def main() -> None:
         print(f"TP={tp}: worker processes left after shutdown: {left}")
         parity[f"tp{tp}_workers_left"] = left
     with open(args.out, "w") as f:
-        json.dump(dict(rows=rows, parity=parity, tie_nats=args.tie_nats), f, indent=1)
+        json.dump(dict(device=device, shape=args.shape + cut, rows=rows, parity=parity, tie_nats=args.tie_nats),
+                  f, indent=1)
     failed = any(isinstance(p, dict) and p["failures"] for p in parity.values()) or any(
         v for k, v in parity.items() if k.endswith("workers_left"))
     sys.exit(1 if failed else 0)
