@@ -57,4 +57,9 @@ void swap_blocks(T src, T dst, T block_mapping) {
   op.call(src, dst, block_mapping);
 }
 
+at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
+  static auto op = find_op<at::Tensor(T, T, T, T, T, T, T)>("fastpage::sample_tokens");
+  return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);
+}
+
 }  // namespace fastpage::ops

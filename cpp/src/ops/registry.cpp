@@ -17,4 +17,6 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("copy_blocks(Tensor(a!)[] caches, Tensor block_mapping) -> ()");
   m.def("swap_blocks(Tensor src, Tensor(a!) dst, Tensor block_mapping) -> ()");
+  m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+        "Tensor seeds, Tensor positions) -> Tensor");
 }
