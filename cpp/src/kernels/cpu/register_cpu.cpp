@@ -13,4 +13,5 @@ TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
   m.impl("silu_and_mul", &cpu::silu_and_mul);
   m.impl("copy_blocks", &cpu::copy_blocks);
   m.impl("swap_blocks", &cpu::swap_blocks);
+  m.impl("sample_tokens", &cpu::sample_tokens);
 }
