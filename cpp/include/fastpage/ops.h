@@ -46,6 +46,12 @@ void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_
 // num_blocks; block_mapping lives on the host.
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 
+// out [rows, N] = x [rows, K] @ weight [N, K].T (+ bias [N]) for decode-sized x: a stream over the
+// weights. CPU: float32, at most 4 rows. CUDA: bfloat16/float16, at most 8 rows, K % 8 == 0. All
+// contiguous; bias may be undefined.
+void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                        const at::Tensor& bias);
+
 // One token per row of processed float32 logits [rows, vocab] (contiguous): rows with temperature
 // <= 0 take their argmax (first index of the largest logit); the others divide by their temperature,
 // keep tokens by min_p, top_k and top_p (vLLM v1's order; top_k <= 0 or >= vocab and top_p >= 1 are
