@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=1000)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--enforce-eager", action="store_true")
+    # The KV cache of an H100 at gpu_memory_utilization 0.9 holds ~438k tokens (27.4k blocks of 16),
+    # 219 sequences of 2000 tokens: more running sequences would be preempted as they grow.
+    parser.add_argument("--max-num-seqs", type=int, default=208)
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name()
@@ -88,9 +91,9 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [[rng.randrange(10000) for _ in range(PROMPT_LEN)] for _ in range(args.num_requests)]
     row = run_fastpage(args.path, prompts, [OUTPUT_LEN] * args.num_requests, args.max_num_batched_tokens,
-                       args.enforce_eager)
+                       args.enforce_eager, args.max_num_seqs)
     kv_tokens = row["num_device_blocks"] * 16
-    batch = min(256, kv_tokens // (PROMPT_LEN + OUTPUT_LEN))
+    batch = min(args.max_num_seqs, kv_tokens // (PROMPT_LEN + OUTPUT_LEN))
     floor = floor_seconds(config, args.num_requests, batch, bandwidth, flops)
     row = dict(device=device, workload=f"llama-3-8b-{args.num_requests}req-1000in-1000out",
                model_shape="llama-3-8b (32 layers, random bf16 weights)", ms_per_token=None, **row, **floor,

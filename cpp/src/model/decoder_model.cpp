@@ -20,7 +20,7 @@
 namespace fastpage {
 namespace {
 
-constexpr int64_t kDeviceSmallBatchRows = 8;  // cuda/small_batch_linear_kernels.cuh: kMaxSmallBatchRows
+constexpr int64_t kDeviceSmallBatchRows = 4;  // cuda/small_batch_linear_kernels.cuh: kMaxSmallBatchRows
 
 std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
@@ -66,14 +66,14 @@ class WeightTaker {
 };
 
 // Decode-sized products stream the weights through fastpage::small_batch_linear: on the CPU in float32
-// (BLAS gemv read them at about half the memory bandwidth), on a GPU in bf16/fp16 for up to 8 rows.
+// (BLAS gemv read them at about half the memory bandwidth), on a GPU in bf16/fp16 for up to 4 rows.
 // Everything else goes to at::linear.
 bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
   if (x.device().is_cpu()) return kernels::cpu::use_small_batch_linear(x, weight);
   const auto dtype = x.scalar_type();
   return x.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && weight.scalar_type() == dtype &&
          x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kDeviceSmallBatchRows && x.size(1) % 8 == 0 &&
-         x.is_contiguous() && weight.is_contiguous();
+         weight.size(1) % 8 == 0 && x.is_contiguous() && weight.is_contiguous();
 }
 
 at::Tensor& linear_layer(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
@@ -226,6 +226,11 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
 at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
     linear_layer(scratch.gate_up, x, layer.gate_up_weight);
+    if (scratch.gate_up.is_cuda() && use_small_batch_linear(scratch.gate_up, layer.down_weight)) {
+      // SiLU-and-mul happens as the down projection reads its input: one launch less per layer.
+      ops::small_batch_linear(scratch.down_proj, scratch.gate_up, layer.down_weight, {}, /*silu_and_mul_x=*/true);
+      return scratch.down_proj;
+    }
     return linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
   }
   at::Tensor& up = linear_layer(scratch.gate_up, x, layer.up_weight, layer.up_bias);
