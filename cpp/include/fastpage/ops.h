@@ -47,11 +47,10 @@ void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 
 // out [rows, N] = x [rows, K] @ weight [N, K].T (+ bias [N]) for decode-sized x: a stream over the
-// weights. CPU: float32, at most 4 rows. CUDA: bfloat16/float16, at most 4 rows, K % 8 == 0. All
-// contiguous; bias may be undefined. silu_and_mul_x: x is [rows, 2K] = [gate | up] and the product
-// uses silu_and_mul(x) (the gated MLP's down projection without its own activation pass).
+// weights. CPU: float32, at most 4 rows. CUDA: bfloat16/float16, at most 8 rows, K % 8 == 0. All
+// contiguous; bias may be undefined.
 void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                        const at::Tensor& bias, bool silu_and_mul_x = false);
+                        const at::Tensor& bias);
 
 // One token per row of processed float32 logits [rows, vocab] (contiguous): rows with temperature
 // <= 0 take their argmax (first index of the largest logit); the others divide by their temperature,

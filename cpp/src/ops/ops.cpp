@@ -57,9 +57,9 @@ void swap_blocks(T src, T dst, T block_mapping) {
   op.call(src, dst, block_mapping);
 }
 
-void small_batch_linear(T out, T x, T weight, T bias, bool silu_and_mul_x) {
-  static auto op = find_op<void(T, T, T, const std::optional<at::Tensor>&, bool)>("fastpage::small_batch_linear");
-  op.call(out, x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, silu_and_mul_x);
+void small_batch_linear(T out, T x, T weight, T bias) {
+  static auto op = find_op<void(T, T, T, const std::optional<at::Tensor>&)>("fastpage::small_batch_linear");
+  op.call(out, x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
 at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
