@@ -6,7 +6,6 @@
 #pragma once
 #include <cstdint>
 
-#include "activation_kernels.cuh"
 #include "common.cuh"
 
 namespace fastpage::cuda {
@@ -45,27 +44,8 @@ __device__ __forceinline__ void dot8_accumulate<__half>(const int4& w, const int
   }
 }
 
-// x's 16-byte vector v of row m: x itself, or with GATED (x = [gate | up], [M, 2K]) silu(gate) * up
-// rounded as silu_and_mul_kernel rounds it, so fusing changes no bit of the result.
-template <typename T, bool GATED>
-__device__ __forceinline__ int4 load_x(const int4* x_vecs, int m, int v, int num_vecs) {
-  if constexpr (!GATED) {
-    return __ldg(x_vecs + static_cast<int64_t>(m) * num_vecs + v);
-  } else {
-    const int4 gate = __ldg(x_vecs + static_cast<int64_t>(m) * 2 * num_vecs + v);
-    const int4 up = __ldg(x_vecs + static_cast<int64_t>(m) * 2 * num_vecs + num_vecs + v);
-    int4 out;
-    const T* g = reinterpret_cast<const T*>(&gate);
-    const T* u = reinterpret_cast<const T*>(&up);
-    T* o = reinterpret_cast<T*>(&out);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o[j] = silu_mul(g[j], u[j]);
-    return out;
-  }
-}
-
-// x [M, K] (GATED: [M, 2K]), w [N, K], out [M, N], all contiguous, K % 8 == 0, 16-byte aligned.
-template <typename T, int M, bool GATED>
+// x [M, K], w [N, K], out [M, N], all contiguous, K % 8 == 0, 16-byte aligned.
+template <typename T, int M>
 __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
     T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, int n,
     int k) {
@@ -95,7 +75,7 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
       if (v >= num_vecs) break;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const int4 xv = load_x<T, GATED>(x_vecs, m, v, num_vecs);
+        const int4 xv = __ldg(x_vecs + m * num_vecs + v);
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r) dot8_accumulate<T>(wv[r][u], xv, acc[r][m]);
       }

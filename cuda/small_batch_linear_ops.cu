@@ -6,35 +6,28 @@
 namespace fastpage::cuda {
 namespace {
 
-template <typename T, int M, bool GATED>
+template <typename T, int M>
 void launch(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
             cudaStream_t stream) {
   const int n = static_cast<int>(weight.size(0)), k = static_cast<int>(weight.size(1));
   const int rows_per_block = kLinearWarps * kRowsPerWarp;
-  small_batch_linear_kernel<T, M, GATED><<<(n + rows_per_block - 1) / rows_per_block, kLinearWarps * 32, 0, stream>>>(
+  small_batch_linear_kernel<T, M><<<(n + rows_per_block - 1) / rows_per_block, kLinearWarps * 32, 0, stream>>>(
       static_cast<T*>(out.data_ptr()), static_cast<const T*>(x.data_ptr()),
       static_cast<const T*>(weight.data_ptr()), bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr,
       n, k);
 }
 
-template <typename T, bool GATED, int M = 1>
+template <typename T, int M = 1>
 void launch_rows(int64_t rows, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                  const at::Tensor& bias, cudaStream_t stream) {
   if constexpr (M < kMaxSmallBatchRows) {
-    if (rows != M) return launch_rows<T, GATED, M + 1>(rows, out, x, weight, bias, stream);
+    if (rows != M) return launch_rows<T, M + 1>(rows, out, x, weight, bias, stream);
   }
-  launch<T, M, GATED>(out, x, weight, bias, stream);
-}
-
-template <typename T>
-void launch_typed(bool gated, int64_t rows, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                  const at::Tensor& bias, cudaStream_t stream) {
-  if (gated) launch_rows<T, true>(rows, out, x, weight, bias, stream);
-  else launch_rows<T, false>(rows, out, x, weight, bias, stream);
+  launch<T, M>(out, x, weight, bias, stream);
 }
 
 void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias_in, bool silu_and_mul_x) {
+                        const std::optional<at::Tensor>& bias_in) {
   constexpr const char* op = "small_batch_linear";
   check_cuda(out, op, "out");
   check_cuda(x, op, "x");
@@ -51,10 +44,8 @@ void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Te
   const int64_t rows = x.size(0), n = weight.size(0), k = weight.size(1);
   TORCH_CHECK(rows >= 1 && rows <= kMaxSmallBatchRows, op, ": x must have 1 to ", kMaxSmallBatchRows,
               " rows, got ", rows);
-  const int64_t x_width = silu_and_mul_x ? 2 * k : k;
-  TORCH_CHECK(x.size(1) == x_width && k % 8 == 0 && k <= INT32_MAX && n <= INT32_MAX, op,
-              ": x [rows, K] (silu_and_mul_x: [rows, 2K]) and weight [N, K] with K a multiple of 8, got ",
-              x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(x.size(1) == k && k % 8 == 0 && k <= INT32_MAX && n <= INT32_MAX, op,
+              ": x [rows, K] and weight [N, K] with K a multiple of 8, got ", x.sizes(), " and ", weight.sizes());
   TORCH_CHECK(out.dim() == 2 && out.size(0) == rows && out.size(1) == n && out.is_contiguous(), op,
               ": out must be contiguous [", rows, ", ", n, "], got ", out.sizes());
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && is_aligned16(x.data_ptr()) &&
@@ -66,8 +57,8 @@ void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Te
   }
   const c10::cuda::CUDAGuard guard(x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (x.scalar_type() == at::kBFloat16) launch_typed<__nv_bfloat16>(silu_and_mul_x, rows, out, x, weight, bias, stream);
-  else launch_typed<__half>(silu_and_mul_x, rows, out, x, weight, bias, stream);
+  if (x.scalar_type() == at::kBFloat16) launch_rows<__nv_bfloat16>(rows, out, x, weight, bias, stream);
+  else launch_rows<__half>(rows, out, x, weight, bias, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -226,11 +226,6 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
 at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
     linear_layer(scratch.gate_up, x, layer.gate_up_weight);
-    if (scratch.gate_up.is_cuda() && use_small_batch_linear(scratch.gate_up, layer.down_weight)) {
-      // SiLU-and-mul happens as the down projection reads its input: one launch less per layer.
-      ops::small_batch_linear(scratch.down_proj, scratch.gate_up, layer.down_weight, {}, /*silu_and_mul_x=*/true);
-      return scratch.down_proj;
-    }
     return linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
   }
   at::Tensor& up = linear_layer(scratch.gate_up, x, layer.up_weight, layer.up_bias);

@@ -69,11 +69,10 @@ void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at
 }
 
 void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, bool silu_and_mul_x) {
-  const at::Tensor input = silu_and_mul_x ? silu_and_mul(x) : x;
-  TORCH_CHECK(use_small_batch_linear(input, weight), "fastpage small_batch_linear: on the CPU x and weight must be ",
+                           const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(use_small_batch_linear(x, weight), "fastpage small_batch_linear: on the CPU x and weight must be ",
               "contiguous float32 with x [rows <= ", kSmallBatchRows, ", K], got ", x.scalar_type(), " ", x.sizes());
-  small_batch_linear_out(out, input, weight, bias.has_value() ? *bias : at::Tensor());
+  small_batch_linear_out(out, x, weight, bias.has_value() ? *bias : at::Tensor());
 }
 
 }  // namespace fastpage::kernels::cpu

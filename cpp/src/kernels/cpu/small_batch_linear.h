@@ -16,6 +16,6 @@ void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at
                             const at::Tensor& bias);
 // torch.ops.fastpage.small_batch_linear on the CPU: checks use_small_batch_linear, then the above.
 void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, bool silu_and_mul_x);
+                           const std::optional<at::Tensor>& bias);
 
 }  // namespace fastpage::kernels::cpu
