@@ -122,8 +122,11 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   const int64_t base_blocks = static_cast<int64_t>(p.num_seqs) * p.num_m_tiles * p.num_kv_heads;
   const int64_t max_iters = std::max<int64_t>((max_context_len + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter, 1);
   const int64_t target_blocks = 4LL * num_sms * blocks_per_sm;
-  // Split long contexts until about four waves of blocks are in flight, keeping >= 4 iterations a split.
-  const int64_t max_splits = std::clamp<int64_t>(max_iters / 4, 1, 32);
+  // Split long contexts until about four waves of blocks are in flight, keeping >= 4 iterations a split
+  // while the unsplit grid fills the GPU. A smaller grid (decode at batch 1 to ~16) splits down to one
+  // iteration a split: its time is the latency of the sequential walk over the context, not bandwidth.
+  const int64_t min_iters_per_split = base_blocks >= num_sms ? 4 : 1;
+  const int64_t max_splits = std::clamp<int64_t>(max_iters / min_iters_per_split, 1, 32);
   const int64_t splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, max_splits);
   p.iters_per_split = static_cast<int>((max_iters + splits - 1) / splits);
   p.num_splits = static_cast<int>((max_iters + p.iters_per_split - 1) / p.iters_per_split);

@@ -329,6 +329,19 @@ def test_silu_and_mul(device, shape, dtype, gen):
     assert_close(out, ref_silu_and_mul(x), dtype)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4])
+def test_small_batch_linear_on_cpu(rows, gen):
+    """float32 on the CPU (bf16/fp16 on CUDA: tests/gpu/test_cuda_kernels.py); out starts as NaN."""
+    k, n = 40, 13
+    x = torch.randn(rows, k, generator=gen)
+    w, bias = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    out = torch.full((rows, n), float("nan"))
+    ops.small_batch_linear(out, x, w, bias)
+    torch.testing.assert_close(out, x.double().matmul(w.double().T).add(bias).float(), atol=1e-4, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="rows"):
+        ops.small_batch_linear(torch.empty(5, n), torch.randn(5, k), w, None)
+
+
 # --- bad inputs -----------------------------------------------------------------------------------
 
 
@@ -416,6 +429,10 @@ def test_opcheck_schemas(gen):
         (ops.silu_and_mul.default, (x,)),
         (ops.copy_blocks.default, ([torch.randn(4, 8), torch.randn(4, 8)], torch.tensor([[0, 2]]))),
         (ops.swap_blocks.default, (torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.tensor([[1, 3]]))),
+        (ops.small_batch_linear.default, (torch.empty(3, 5), x, torch.randn(5, 64), None)),
+        (ops.sample_tokens.default,
+         (torch.randn(3, 50), torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0, 5, 0]), torch.tensor([1.0, 1.0, 0.9]),
+          torch.zeros(3), torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]))),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=utils)

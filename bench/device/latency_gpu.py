@@ -74,6 +74,41 @@ def run_fastpage(path: str, prompt: list[int], enforce_eager: bool) -> dict:
                 runs_ms_per_token=[1e3 * sum(t[1:]) / len(t[1:]) for t in runs])
 
 
+def profile_decode(path: str, prompt: list[int], num_steps: int = 4) -> dict:
+    """Eager decode steps under torch.profiler: GPU time per step by kernel, summed over the step,
+    against the step's wall time (the difference is launch gaps and host work)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastpage import LLM, SamplingParams
+
+    llm = LLM(model=path, dtype="bfloat16", max_model_len=2048, max_num_seqs=8, gpu_memory_utilization=0.9,
+              enforce_eager=True)
+    engine = llm.llm_engine
+    engine.add_request("p", {"prompt_token_ids": prompt},
+                       SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, detokenize=False))
+    for _ in range(8):  # the prefill and a few warm decode steps
+        engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            engine.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / num_steps
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type.name == "CUDA":
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / num_steps
+    while engine.has_unfinished_requests():
+        engine.step()
+    del llm, engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:20])
+    return dict(engine="fastpage", enforce_eager=True, kind="profile", step_wall_ms=wall * 1e3,
+                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3, top_kernels_us_per_step=top)
+
+
 @torch.no_grad()
 def run_hf(model, prompt: list[int]) -> dict:
     input_ids = torch.tensor([prompt], device="cuda")
@@ -98,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--path", default="/tmp/fastpage_bench/llama-3-8b")
+    parser.add_argument("--profile", action="store_true", help="also profile eager decode steps by kernel")
+    parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name()
@@ -116,23 +153,30 @@ def main() -> None:
                   roofline_ms_per_token=roofline_ms, weight_bytes_read_per_token=weights_read,
                   kv_bytes_read_per_token=kv_read, copy_GBps=bandwidth / 1e9)
 
-    hf = {**common, **run_hf(model, prompt)}
-    print(json.dumps(hf))
+    rows = []
+    if not args.skip_hf:
+        rows.append({**common, **run_hf(model, prompt)})
+        print(json.dumps(rows[-1]))
     del model
     gc.collect()
     torch.cuda.empty_cache()
-    rows = [hf]
     for enforce_eager in (True, False):
         ours = {**common, **run_fastpage(args.path, prompt, enforce_eager)}
         ours["fraction_of_roofline"] = roofline_ms / ours["ms_per_token"]
-        ours["speedup_vs_hf"] = hf["ms_per_token"] / ours["ms_per_token"]
+        if not args.skip_hf:
+            ours["speedup_vs_hf"] = rows[0]["ms_per_token"] / ours["ms_per_token"]
         rows.append(ours)
         print(json.dumps(ours))
+    if args.profile:
+        rows.append({**common, **profile_decode(args.path, prompt)})
+        print(json.dumps(rows[-1], indent=1))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"roofline {roofline_ms:.2f} ms/token ({weights_read / 1e9:.2f} GB weights + {kv_read / 1e6:.0f} MB KV "
           f"at {bandwidth / 1e12:.2f} TB/s)")
     for row in rows:
+        if row.get("kind") == "profile":
+            continue
         mode = "" if row["engine"] != "fastpage" else (" eager" if row["enforce_eager"] else " graphs")
         print(f"{row['engine'] + mode:>22}: {row['ms_per_token']:.2f} ms/token")
 

@@ -36,10 +36,11 @@ def nano_workload(num_requests: int = 256, max_input_len: int = 1024, max_output
     return prompts, output_lens
 
 
-def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, enforce_eager: bool) -> dict:
+def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, enforce_eager: bool,
+                 max_num_seqs: int = 256) -> dict:
     from fastpage import LLM, SamplingParams
 
-    llm = LLM(model=path, dtype="bfloat16", max_model_len=4096, max_num_seqs=256,
+    llm = LLM(model=path, dtype="bfloat16", max_model_len=4096, max_num_seqs=max_num_seqs,
               max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.9,
               enforce_eager=enforce_eager)
     warm = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, detokenize=False)
@@ -58,7 +59,7 @@ def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, e
     return dict(engine="fastpage", output_tok_per_s=num_out / elapsed, seconds=elapsed, num_requests=len(prompts),
                 output_tokens=num_out, prompt_tokens=sum(map(len, prompts)),
                 total_tok_per_s=(num_out + sum(map(len, prompts))) / elapsed, sampling="greedy",
-                max_num_batched_tokens=max_num_batched_tokens, enforce_eager=enforce_eager,
+                max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
                 num_preemptions=stats["num_preemptions"], num_device_blocks=stats["num_device_blocks"])
 
 

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "sampling/device_sampling.h"
 #include "sampling/logits_processors.h"
 #include "sampling/logprobs.h"
 #include "sampling/random_draw.h"
@@ -107,12 +108,14 @@ SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<Samp
     (plain ? plain_greedy : processed).push_back(static_cast<int64_t>(i));
     any_logprobs = any_logprobs || wants_logprobs(*rows[i].params);
   }
-  // Device logits come to the host only when a row needs more than its argmax.
-  const bool need_host = logits_in.is_cpu() || !processed.empty() || any_logprobs;
-  const at::Tensor logits = need_host ? cpu_float_logits(logits_in) : logits_in;
+  // Device logits never come to the host: rows that need more than their argmax run on the device.
+  if (!logits_in.is_cpu() && (!processed.empty() || any_logprobs)) {
+    return sampling::sample_on_device(logits_in, rows);
+  }
+  const at::Tensor logits = logits_in.is_cpu() ? cpu_float_logits(logits_in) : logits_in;
   SampleResult result;
   result.tokens.resize(rows.size());
-  sample_plain_greedy(logits_in.is_cpu() ? logits : logits_in, rows, plain_greedy, result.tokens);
+  sample_plain_greedy(logits, rows, plain_greedy, result.tokens);
   sample_processed(logits, rows, processed, result.tokens);
 
   result.logprobs.resize(rows.size());

@@ -2,9 +2,15 @@
 # On the GPU machine: build fastpage with CUDA, run the end-to-end GPU engine tests against HF
 # transformers, then the throughput and latency benchmarks (fastpage and HF in the same run).
 # Logs and JSON go under $OUT. Usage, from the repository root: bash tests/gpu/run_engine_on_device.sh
-# STAGES (default "test throughput latency") picks what runs after the build; THROUGHPUT_ARGS
-# go to bench/device/throughput_gpu.py (e.g. --skip-hf); stage "tp" runs bench/device/tp_gpu.py
-# $TP_ARGS (tensor-parallel parity and throughput; on a multi-GPU machine).
+# STAGES (default "test throughput latency") picks what runs after the build, in order:
+#   kernels     tests/test_kernels.py (CPU and CUDA, bad inputs included), tests/gpu/test_cuda_kernels.py
+#               and tests/gpu/test_gpu_sampler.py
+#   test        tests/gpu/test_gpu_engine.py (end to end against HF)
+#   linear      bench/device/linear_bench.py (small_batch_linear vs cuBLAS, sample_tokens)
+#   throughput  bench/device/throughput_gpu.py $THROUGHPUT_ARGS (e.g. --skip-hf)
+#   latency     bench/device/latency_gpu.py $LATENCY_ARGS (e.g. --profile --skip-hf)
+#   llama1000   bench/device/throughput_llama_gpu.py $LLAMA_ARGS (e.g. --num-requests 300)
+#   tp          bench/device/tp_gpu.py $TP_ARGS (tensor-parallel parity and throughput; several GPUs)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-out}
@@ -34,6 +40,17 @@ echo "built after $(elapsed)"
 rc=0
 for stage in $STAGES; do
   case $stage in
+    kernels)
+      timeout 400 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/gpu/test_cuda_kernels.py \
+        tests/gpu/test_gpu_sampler.py -rf 2>&1 | tee "$OUT/test_kernels.log" | tail -25
+      ;;
+    linear)
+      timeout 200 python3 bench/device/linear_bench.py --out "$OUT/linear_bench.json" 2>&1 | tee "$OUT/linear.log" | tail -30
+      ;;
+    llama1000)
+      timeout 560 python3 bench/device/throughput_llama_gpu.py --out "$OUT/throughput_llama.json" ${LLAMA_ARGS:-} 2>&1 |
+        tee "$OUT/llama1000.log" | tail -40
+      ;;
     test)
       timeout 180 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_engine.py -rf 2>&1 |
         tee "$OUT/test_gpu_engine.log" | grep -E "tokens|prompt|KV cache|passed|failed|Error|assert" | tail -40
@@ -43,7 +60,8 @@ for stage in $STAGES; do
         grep -v -E "^(Loading|Writing)" | tail -40
       ;;
     latency)
-      timeout 220 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" 2>&1 | tee "$OUT/latency.log" | tail -8
+      timeout 300 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" ${LATENCY_ARGS:-} 2>&1 |
+        tee "$OUT/latency.log" | tail -45
       ;;
     throughput)
       timeout 180 python3 bench/device/throughput_gpu.py --out "$OUT/throughput_gpu.json" ${THROUGHPUT_ARGS:-} 2>&1 |

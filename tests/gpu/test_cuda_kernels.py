@@ -131,3 +131,34 @@ def test_launchers_reject_bad_shapes_and_dtypes(gen):
                                                                                         device="cuda"))
     with pytest.raises(RuntimeError, match="dtype"):
         ops.rms_norm(torch.randn(3, 64, device="cuda"), torch.randn(64, device="cuda").half(), 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("n,k,with_bias", [(1, 8, False), (7, 24, True), (4099, 4096, False),
+                                           (1000, 14336, True), (6144, 4104, False)])
+def test_small_batch_linear_against_float_matmul(dtype, rows, n, k, with_bias, gen):
+    """Decode-sized x @ w.T (+ bias): odd N (a warp's missing last row), K not a multiple of the
+    unrolled chunk, every specialised row count; a poisoned out must be fully written."""
+    x = torch.randn(rows, k, generator=gen).to("cuda", dtype)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to("cuda", dtype)
+    bias = torch.randn(n, generator=gen).to("cuda", dtype) if with_bias else None
+    out = torch.full((rows, n), float("nan"), device="cuda", dtype=dtype)
+    ops.small_batch_linear(out, x, w, bias)
+    expected = x.float() @ w.float().T + (bias.float() if with_bias else 0)
+    torch.testing.assert_close(out.float(), expected, **TOL[dtype])
+
+
+def test_small_batch_linear_rejects_what_it_cannot_run():
+    x = torch.randn(2, 16, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(5, 16, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(2, 5, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="rows"):
+        ops.small_batch_linear(torch.empty(9, 5, device="cuda", dtype=torch.bfloat16), x.repeat(5, 1)[:9], w, None)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        ops.small_batch_linear(out, x[:, :12].contiguous(), w[:, :12].contiguous(), None)
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.small_batch_linear(out, x, w.float(), None)
+    with pytest.raises(RuntimeError, match="out"):
+        ops.small_batch_linear(out[:, :4], x, w, None)
+

@@ -46,4 +46,22 @@ void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_
 // num_blocks; block_mapping lives on the host.
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 
+// out [rows, N] = x [rows, K] @ weight [N, K].T (+ bias [N]) for decode-sized x: a stream over the
+// weights. CPU: float32, at most 4 rows. CUDA: bfloat16/float16, at most 4 rows, K % 8 == 0. All
+// contiguous; bias may be undefined.
+void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                        const at::Tensor& bias);
+
+// One token per row of processed float32 logits [rows, vocab] (contiguous): rows with temperature
+// <= 0 take their argmax (first index of the largest logit); the others divide by their temperature,
+// keep tokens by min_p, top_k and top_p (vLLM v1's order; top_k <= 0 or >= vocab and top_p >= 1 are
+// off) and draw by Gumbel-max over the counter-based noise of (seeds[r], positions[r], token id)
+// (cpp/src/sampling/counter_rng.h), so a row's token depends on nothing else in the batch and the
+// CPU and CUDA kernels draw the same token from the same logits. Per-row tensors [rows] on the
+// logits' device: temperature, top_p, min_p float32; top_k, seeds (uint64 bits), positions int64.
+// Returns int64 [rows].
+at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                         const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
+                         const at::Tensor& positions);
+
 }  // namespace fastpage::ops

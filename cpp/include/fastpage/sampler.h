@@ -47,9 +47,9 @@ bool wants_logprobs(const SamplingParams& params);
 
 class Sampler {
  public:
-  // logits: [num_logits_rows, vocab], any floating dtype and device. On a GPU, greedy rows without
-  // processors take their argmax there and only the ids are copied back; the logits come to the
-  // host (one copy) only for rows that need processors, a draw or logprobs.
+  // logits: [num_logits_rows, vocab], any floating dtype and device. On a GPU everything runs
+  // there (processors as batched tensor ops, the draw in fastpage::sample_tokens with the same
+  // counter-based noise, logprobs) and only the ids and the asked-for logprobs come back.
   // Throws std::invalid_argument for a logits_row or a token id (logit_bias, allowed_token_ids,
   // bad_words, stop/eos ids, penalised token_ids) outside the tensor or the vocabulary.
   SampleResult sample(const at::Tensor& logits, const std::vector<SamplingRow>& rows) const;

@@ -23,6 +23,8 @@
 namespace fastpage {
 namespace {
 
+constexpr int64_t kDeviceSmallBatchRows = 4;  // cuda/small_batch_linear_kernels.cuh: kMaxSmallBatchRows
+
 std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -66,12 +68,21 @@ class WeightTaker {
   int64_t bytes_ = 0;
 };
 
-// Decode-sized float32 products on the CPU stream the weights through their own kernel (BLAS gemv
-// reads them at about half the memory bandwidth); everything else goes to at::linear.
+// Decode-sized products stream the weights through fastpage::small_batch_linear: on the CPU in float32
+// (BLAS gemv read them at about half the memory bandwidth), on a GPU in bf16/fp16 for up to 4 rows.
+// Everything else goes to at::linear.
+bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
+  if (x.device().is_cpu()) return kernels::cpu::use_small_batch_linear(x, weight);
+  const auto dtype = x.scalar_type();
+  return x.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && weight.scalar_type() == dtype &&
+         x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kDeviceSmallBatchRows && x.size(1) % 8 == 0 &&
+         weight.size(1) % 8 == 0 && x.is_contiguous() && weight.is_contiguous();
+}
+
 at::Tensor& linear_layer(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                          const at::Tensor& bias = {}) {
-  if (kernels::cpu::use_small_batch_linear(x, weight)) {
-    kernels::cpu::small_batch_linear_out(out, x, weight, bias);
+  if (use_small_batch_linear(x, weight)) {
+    ops::small_batch_linear(out, x, weight, bias);
     return out;
   }
   return at::linear_out(out, x, weight, bias);

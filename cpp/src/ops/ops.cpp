@@ -57,4 +57,14 @@ void swap_blocks(T src, T dst, T block_mapping) {
   op.call(src, dst, block_mapping);
 }
 
+void small_batch_linear(T out, T x, T weight, T bias) {
+  static auto op = find_op<void(T, T, T, const std::optional<at::Tensor>&)>("fastpage::small_batch_linear");
+  op.call(out, x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+}
+
+at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
+  static auto op = find_op<at::Tensor(T, T, T, T, T, T, T)>("fastpage::sample_tokens");
+  return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);
+}
+
 }  // namespace fastpage::ops

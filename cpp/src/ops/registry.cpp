@@ -1,7 +1,7 @@
 // The schemas of torch.ops.fastpage.*. Implementations register per device with
 // TORCH_LIBRARY_IMPL(fastpage, CPU|CUDA, m) and must use exactly the C++ signatures in ops.cpp:
-// every tensor as `const at::Tensor&` (also the ones written to), float as double, int as int64_t,
-// Tensor[] as at::TensorList.
+// every tensor as `const at::Tensor&` (also the ones written to), Tensor? as
+// `const std::optional<at::Tensor>&`, float as double, int as int64_t, Tensor[] as at::TensorList.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastpage, m) {
@@ -17,4 +17,7 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("copy_blocks(Tensor(a!)[] caches, Tensor block_mapping) -> ()");
   m.def("swap_blocks(Tensor src, Tensor(a!) dst, Tensor block_mapping) -> ()");
+  m.def("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+        "Tensor seeds, Tensor positions) -> Tensor");
 }

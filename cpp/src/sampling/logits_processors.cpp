@@ -22,10 +22,6 @@ const std::vector<int32_t>& tokens_of(const std::vector<int32_t>* tokens) {
   return tokens != nullptr ? *tokens : kNone;
 }
 
-bool has_penalties(const SamplingParams& p) {
-  return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
-}
-
 int64_t num_output_tokens(const SamplingRow& row) {
   return static_cast<int64_t>(tokens_of(row.token_ids).size()) - row.num_prompt_tokens;
 }
@@ -40,26 +36,6 @@ void apply_allowed_token_ids(float* logits, int64_t vocab, const std::vector<int
   for (int32_t token : allowed) saved.push_back(logits[token]);
   std::fill(logits, logits + vocab, kBanned);
   for (size_t i = 0; i < allowed.size(); ++i) logits[allowed[i]] = saved[i];
-}
-
-// A bad word of k tokens bans its last token when its first k - 1 tokens end the output so far.
-void apply_bad_words(float* logits, const SamplingRow& row) {
-  const auto& tokens = tokens_of(row.token_ids);
-  const auto output_begin = tokens.begin() + row.num_prompt_tokens;
-  const size_t num_output = tokens.end() - output_begin;
-  for (const auto& word : row.params->bad_words) {
-    if (word.empty() || word.size() - 1 > num_output) continue;
-    if (std::equal(word.begin(), word.end() - 1, tokens.end() - (word.size() - 1))) {
-      logits[word.back()] = kBanned;
-    }
-  }
-}
-
-void apply_min_tokens(float* logits, const SamplingRow& row) {
-  for (int32_t token : row.params->stop_token_ids) logits[token] = kBanned;
-  if (!row.params->ignore_eos) {
-    for (int32_t token : tokens_of(row.eos_token_ids)) logits[token] = kBanned;
-  }
 }
 
 // counts is all zeros on entry and on exit.
@@ -92,6 +68,29 @@ void apply_penalties(float* logits, const SamplingRow& row, std::vector<int32_t>
 
 }  // namespace
 
+bool has_penalties(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+}
+
+// A bad word of k tokens bans its last token when its first k - 1 tokens end the output so far.
+void append_banned_tokens(const SamplingRow& row, std::vector<int32_t>& banned) {
+  const auto& tokens = tokens_of(row.token_ids);
+  const size_t num_output = tokens.size() - row.num_prompt_tokens;
+  for (const auto& word : row.params->bad_words) {
+    if (word.empty() || word.size() - 1 > num_output) continue;
+    if (std::equal(word.begin(), word.end() - 1, tokens.end() - (word.size() - 1))) {
+      banned.push_back(word.back());
+    }
+  }
+  if (min_tokens_active(row)) {
+    banned.insert(banned.end(), row.params->stop_token_ids.begin(), row.params->stop_token_ids.end());
+    if (!row.params->ignore_eos) {
+      const auto& eos = tokens_of(row.eos_token_ids);
+      banned.insert(banned.end(), eos.begin(), eos.end());
+    }
+  }
+}
+
 void validate_token_ids(const SamplingRow& row, int64_t vocab) {
   const SamplingParams& p = *row.params;
   for (int32_t token : p.allowed_token_ids) check_token(token, vocab, "allowed_token_ids");
@@ -123,8 +122,9 @@ void apply_logits_processors(float* logits, int64_t vocab, const SamplingRow& ro
   const SamplingParams& p = *row.params;
   if (!p.allowed_token_ids.empty()) apply_allowed_token_ids(logits, vocab, p.allowed_token_ids, scratch.saved);
   for (const auto& [token, bias] : p.logit_bias) logits[token] += bias;
-  if (!p.bad_words.empty()) apply_bad_words(logits, row);
-  if (min_tokens_active(row)) apply_min_tokens(logits, row);
+  scratch.banned.clear();
+  append_banned_tokens(row, scratch.banned);
+  for (int32_t token : scratch.banned) logits[token] = kBanned;
   if (has_penalties(p)) {
     if (scratch.counts.size() != static_cast<size_t>(vocab)) scratch.counts.assign(vocab, 0);
     apply_penalties(logits, row, scratch.counts);

@@ -11,6 +11,12 @@ namespace fastpage::sampling {
 // that lie outside [0, vocab).
 void validate_token_ids(const SamplingRow& row, int64_t vocab);
 
+bool has_penalties(const SamplingParams& params);
+
+// Appends the tokens the row bans outright this step: the last token of each bad word whose other
+// tokens end the output so far, and before min_tokens the stop ids (and eos ids unless ignore_eos).
+void append_banned_tokens(const SamplingRow& row, std::vector<int32_t>& banned);
+
 // False when the processors would leave the row unchanged.
 bool has_logits_processors(const SamplingRow& row);
 
@@ -19,9 +25,11 @@ bool has_logits_processors(const SamplingRow& row);
 struct ProcessorScratch {
   std::vector<int32_t> counts;
   std::vector<float> saved;
+  std::vector<int32_t> banned;
 };
 
-// allowed_token_ids, logit_bias, bad_words, min_tokens, repetition, frequency and presence penalties.
+// allowed_token_ids, logit_bias, bans (bad_words, min_tokens), repetition, frequency and presence
+// penalties, in this order (vLLM's).
 void apply_logits_processors(float* logits, int64_t vocab, const SamplingRow& row,
                              ProcessorScratch& scratch);
 

@@ -52,6 +52,9 @@ void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, cons
 at::Tensor silu_and_mul(const at::Tensor& x);
 void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping);
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
+at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                         const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
+                         const at::Tensor& positions);
 
 // Elements of work below which a kernel runs on the calling thread (ATen's at::internal::GRAIN_SIZE).
 // A parallel region costs an OpenMP fork and join (microseconds on an idle machine, a scheduler time

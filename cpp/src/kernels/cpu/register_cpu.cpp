@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "cpu_kernels.h"
+#include "small_batch_linear.h"
 
 TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
   namespace cpu = fastpage::kernels::cpu;
@@ -13,4 +14,6 @@ TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
   m.impl("silu_and_mul", &cpu::silu_and_mul);
   m.impl("copy_blocks", &cpu::copy_blocks);
   m.impl("swap_blocks", &cpu::swap_blocks);
+  m.impl("small_batch_linear", &cpu::small_batch_linear_op);
+  m.impl("sample_tokens", &cpu::sample_tokens);
 }

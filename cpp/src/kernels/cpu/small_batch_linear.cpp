@@ -68,4 +68,11 @@ void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at
   });
 }
 
+void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(use_small_batch_linear(x, weight), "fastpage small_batch_linear: on the CPU x and weight must be ",
+              "contiguous float32 with x [rows <= ", kSmallBatchRows, ", K], got ", x.scalar_type(), " ", x.sizes());
+  small_batch_linear_out(out, x, weight, bias.has_value() ? *bias : at::Tensor());
+}
+
 }  // namespace fastpage::kernels::cpu

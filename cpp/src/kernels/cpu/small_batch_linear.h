@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace fastpage::kernels::cpu {
 
 constexpr int64_t kSmallBatchRows = 4;
@@ -12,5 +14,8 @@ bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight);
 // out [rows, out_features] = x @ weight.T + bias (bias may be undefined).
 void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias);
+// torch.ops.fastpage.small_batch_linear on the CPU: checks use_small_batch_linear, then the above.
+void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias);
 
 }  // namespace fastpage::kernels::cpu
