@@ -101,11 +101,11 @@ def assert_same(outputs, expected) -> None:
         assert got == pytest.approx(want, abs=1e-4)
 
 
-# Every architecture under TP=2 and under PP=2; TP=2 x PP=2 (world 4, the slowest to start) on
-# llama (GQA, untied lm_head), qwen2 (a replicated KV head, tied vocab-parallel lm_head on the last
-# stage) and gpt2 (biases, learned positions), and on qwen3 in the failure test below.
+# Every architecture under TP=2, PP=2 and TP=2 x PP=2 (qwen3's TP=2 x PP=2 run is the failure test
+# below): GQA, a replicated KV head (qwen2), tied vocab-parallel lm_heads on the last stage, biases
+# and learned positions (gpt2, opt).
 LAYOUTS = [(arch, tp, pp) for arch in ARCHS for tp, pp in ((2, 1), (1, 2))] + [
-    ("llama", 2, 2), ("qwen2", 2, 2), ("gpt2", 2, 2)]
+    (arch, 2, 2) for arch in ARCHS if arch != "qwen3"]
 
 
 @pytest.mark.parametrize("arch, tp, pp", LAYOUTS, ids=[f"{a}-tp{t}xpp{p}" for a, t, p in LAYOUTS])
