@@ -12,8 +12,8 @@
 #include <limits>
 #include <vector>
 
-#include "attention_dots.h"
 #include "cpu_kernels.h"
+#include "row_dots.h"
 #include "vector_exp.h"
 
 namespace fastpage::kernels::cpu {
@@ -136,8 +136,8 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
 
     // Blocks of rows share every loaded key and value row. A block scores the keys that its most
     // advanced row sees; a row's weights past its own causal limit are zero.
-    for (int64_t r0 = 0; r0 < rows; r0 += kAttentionRowBlock) {
-      const int64_t block_rows = std::min(kAttentionRowBlock, rows - r0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kDotRowBlock) {
+      const int64_t block_rows = std::min(kDotRowBlock, rows - r0);
       int64_t block_keys = 0;
       for (int64_t r = r0; r < r0 + block_rows; ++r) {
         const int64_t token = item.token_begin + r / g.group;
@@ -146,7 +146,7 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
       }
       if (block_keys == 0) continue;
       float* block_scores = scratch.scores.data() + r0 * kKeyChunk;
-      score_rows(scratch.query.data() + r0 * D, block_rows, key_rows, block_keys, D, block_scores, kKeyChunk);
+      dot_rows(scratch.query.data() + r0 * D, block_rows, key_rows, block_keys, D, block_scores, kKeyChunk);
       // The online-softmax update of each row's running max and sum.
       for (int64_t r = r0; r < r0 + block_rows; ++r) {
         const int64_t num_valid = scratch.num_valid[r];

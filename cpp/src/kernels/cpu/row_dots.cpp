@@ -1,8 +1,8 @@
 // Portable loops, and an AVX2+FMA version picked at run time (the build itself is baseline x86-64).
-// The AVX2 scores take four keys per pass: twelve row x key accumulators of eight lanes each, folded
-// to four scores per row by three horizontal adds, instead of a fold per (row, key). The value sums
-// keep twelve independent accumulators (three rows x 32 outputs) in flight across all the keys.
-#include "attention_dots.h"
+// The AVX2 dots take four b rows per pass: twelve accumulators of eight lanes each, folded to four
+// results per a row by three horizontal adds, instead of a fold per pair. The value sums keep
+// twelve independent accumulators (three rows x 32 outputs) in flight across all the keys.
+#include "row_dots.h"
 
 #include <algorithm>
 
@@ -18,10 +18,10 @@
 namespace fastpage::kernels::cpu {
 namespace {
 
-void score_rows_portable(const float* q, int64_t num_rows, const float* const* keys, int64_t num_keys, int64_t D,
-                         float* scores, int64_t scores_stride) {
-  for (int64_t r = 0; r < num_rows; ++r) {
-    for (int64_t k = 0; k < num_keys; ++k) scores[r * scores_stride + k] = dot(q + r * D, keys[k], D);
+void dot_rows_portable(const float* a, int64_t num_a, const float* const* b_rows, int64_t num_b, int64_t D,
+                       float* out, int64_t out_stride) {
+  for (int64_t r = 0; r < num_a; ++r) {
+    for (int64_t j = 0; j < num_b; ++j) out[r * out_stride + j] = dot(a + r * D, b_rows[j], D);
   }
 }
 
@@ -79,18 +79,18 @@ inline __m128 sum_lanes(Vec4& a) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// R rows x 4 keys per pass; D a multiple of 8. Past num_keys the last key is scored again, not stored.
+// R a rows x 4 b rows per pass; D a multiple of 8. Past num_b the last b row is used again, not stored.
 template <int R>
-void score_rows_avx2(const float* q, const float* const* keys, int64_t num_keys, int64_t D, float* scores,
-                     int64_t scores_stride) {
-  for (int64_t k0 = 0; k0 < num_keys; k0 += 4) {
+void dot_rows_avx2(const float* a, const float* const* b_rows, int64_t num_b, int64_t D, float* out,
+                   int64_t out_stride) {
+  for (int64_t k0 = 0; k0 < num_b; k0 += 4) {
     const float* key[4];
-    for (int j = 0; j < 4; ++j) key[j] = keys[std::min<int64_t>(k0 + j, num_keys - 1)];
-    Vec4 acc0{}, acc1{}, acc2{};  // row r's dot with keys k0 .. k0 + 3
+    for (int j = 0; j < 4; ++j) key[j] = b_rows[std::min<int64_t>(k0 + j, num_b - 1)];
+    Vec4 acc0{}, acc1{}, acc2{};  // a row r's dots with b rows k0 .. k0 + 3
     for (int64_t d = 0; d < D; d += 8) {
-      const __m256 q0 = _mm256_loadu_ps(q + d);
-      const __m256 q1 = R > 1 ? _mm256_loadu_ps(q + D + d) : q0;
-      const __m256 q2 = R > 2 ? _mm256_loadu_ps(q + 2 * D + d) : q0;
+      const __m256 q0 = _mm256_loadu_ps(a + d);
+      const __m256 q1 = R > 1 ? _mm256_loadu_ps(a + D + d) : q0;
+      const __m256 q2 = R > 2 ? _mm256_loadu_ps(a + 2 * D + d) : q0;
       unrolled<4>([&]<int j>() {
         const __m256 k = _mm256_loadu_ps(key[j] + d);
         acc0.at<j>() = _mm256_fmadd_ps(q0, k, acc0.at<j>());
@@ -98,16 +98,16 @@ void score_rows_avx2(const float* q, const float* const* keys, int64_t num_keys,
         if constexpr (R > 2) acc2.at<j>() = _mm256_fmadd_ps(q2, k, acc2.at<j>());
       });
     }
-    const int64_t n = std::min<int64_t>(4, num_keys - k0);
+    const int64_t n = std::min<int64_t>(4, num_b - k0);
     const auto store = [&](Vec4& acc, int64_t r) {
       const __m128 sums = sum_lanes(acc);
-      float* out = scores + r * scores_stride + k0;
+      float* dst = out + r * out_stride + k0;
       if (n == 4) {
-        _mm_storeu_ps(out, sums);
+        _mm_storeu_ps(dst, sums);
       } else {
         alignas(16) float tmp[4];
         _mm_store_ps(tmp, sums);
-        std::copy_n(tmp, n, out);
+        std::copy_n(tmp, n, dst);
       }
     };
     store(acc0, 0);
@@ -167,21 +167,21 @@ bool use_avx2(int64_t D) {
 
 }  // namespace
 
-void score_rows(const float* q, int64_t num_rows, const float* const* keys, int64_t num_keys, int64_t D,
-                float* scores, int64_t scores_stride) {
-  if (num_keys <= 0) return;
+void dot_rows(const float* a, int64_t num_a, const float* const* b_rows, int64_t num_b, int64_t D, float* out,
+              int64_t out_stride) {
+  if (num_b <= 0) return;
 #ifdef FASTPAGE_HAVE_AVX2_DOTS
-  static_assert(kAttentionRowBlock == 3);
+  static_assert(kDotRowBlock == 3);
   if (use_avx2(D)) {
-    switch (num_rows) {
-      case 1: return score_rows_avx2<1>(q, keys, num_keys, D, scores, scores_stride);
-      case 2: return score_rows_avx2<2>(q, keys, num_keys, D, scores, scores_stride);
-      case 3: return score_rows_avx2<3>(q, keys, num_keys, D, scores, scores_stride);
+    switch (num_a) {
+      case 1: return dot_rows_avx2<1>(a, b_rows, num_b, D, out, out_stride);
+      case 2: return dot_rows_avx2<2>(a, b_rows, num_b, D, out, out_stride);
+      case 3: return dot_rows_avx2<3>(a, b_rows, num_b, D, out, out_stride);
       default: break;
     }
   }
 #endif
-  score_rows_portable(q, num_rows, keys, num_keys, D, scores, scores_stride);
+  dot_rows_portable(a, num_a, b_rows, num_b, D, out, out_stride);
 }
 
 void accumulate_rows(float* acc, int64_t num_rows, const float* p, int64_t p_stride, const float* const* values,
