@@ -1,9 +1,10 @@
 // y = x @ w.T (+ bias) for the rows of a decode step (up to kSmallBatchRows rows of x) in float32 on
 // the CPU. Decode reads every weight once per step, so this is a stream over w: each thread takes a
-// range of output rows, keeps a few weight rows in L1 and dots them with every block of x rows
-// (row_dots.h). BLAS sgemv reached about half the machine's read bandwidth on the AMD dev box (13
-// of 28 GB/s), which made batch-1 decode twice the floor; for 5-64 rows MKL's sgemm packs the
-// weights on every call, which a product reading each weight for at most 64 rows cannot pay back.
+// range of output rows; up to 4 rows of x it dots them one weight row at a time, above that it keeps
+// a few weight rows in L1 and dots them with every block of x rows (row_dots.h). BLAS sgemv read
+// at about half the machine's bandwidth on the AMD dev box (13 of 28 GB/s), which made batch-1
+// decode twice the floor; for 5-64 rows MKL's sgemm packs the weights on every call, which a
+// product reading each weight for at most 64 rows cannot pay back.
 #include "small_batch_linear.h"
 
 #include <ATen/Parallel.h>
@@ -17,11 +18,35 @@
 namespace fastpage::kernels::cpu {
 namespace {
 
+// Up to this many rows of x, one weight row at a time is dotted with each of them: the whole of w
+// is then a single sequential stream, which the hardware prefetcher follows best (batch-1 decode
+// ran 5% slower with the row blocks below, whose passes read 8 weight rows side by side).
+constexpr int64_t kStreamRows = 4;
 // Weight rows that stay in L1 while every block of x rows passes over them.
 constexpr int64_t kWeightRowsPerPass = 8;
 
-void linear_rows(const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y,
+void stream_rows(const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y,
                  int64_t n, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* w_row = w + r * k;
+    for (int64_t i = 0; i < num_x; ++i) {
+      const float sum = dot(x + i * k, w_row, k);
+      y[i * n + r] = bias ? sum + bias[r] : sum;
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The same loop compiled for AVX2 + FMA and picked at run time: the portable build is SSE2 only.
+__attribute__((target("avx2,fma"), flatten)) void stream_rows_avx2(
+    const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y, int64_t n,
+    int64_t row_begin, int64_t row_end) {
+  stream_rows(x, num_x, k, w, bias, y, n, row_begin, row_end);
+}
+#endif
+
+void blocked_rows(const float* x, int64_t num_x, int64_t k, const float* w, const float* bias, float* y,
+                  int64_t n, int64_t row_begin, int64_t row_end) {
   const float* w_rows[kWeightRowsPerPass];
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kWeightRowsPerPass) {
     const int64_t num_w = std::min(kWeightRowsPerPass, row_end - r0);
@@ -35,6 +60,16 @@ void linear_rows(const float* x, int64_t num_x, int64_t k, const float* w, const
       }
     }
   }
+}
+
+using RowsFn = decltype(&stream_rows);
+RowsFn rows_fn(int64_t num_x) {
+  if (num_x > kStreamRows) return &blocked_rows;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return &stream_rows_avx2;
+#endif
+  return &stream_rows;
 }
 
 }  // namespace
@@ -59,8 +94,9 @@ void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at
   const float* w_data = weight.const_data_ptr<float>();
   const float* b_data = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* y_data = out.data_ptr<float>();
+  const RowsFn rows = rows_fn(num_x);
   at::parallel_for(0, n, grain_for(k * num_x), [&](int64_t begin, int64_t end) {
-    linear_rows(x_data, num_x, k, w_data, b_data, y_data, n, begin, end);
+    rows(x_data, num_x, k, w_data, b_data, y_data, n, begin, end);
   });
 }
 
