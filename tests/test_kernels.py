@@ -73,7 +73,7 @@ def mixed_batch(block_size, gen, max_context):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("block_size", [8, 16, 32])
-@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (16, 2)])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (9, 3), (16, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_paged_attention_mixed_batch(device, block_size, num_heads, num_kv_heads, dtype, gen):
     seqs = mixed_batch(block_size, gen, max_context=300)
@@ -120,9 +120,10 @@ def test_paged_attention_split_contexts_on_cpu(dtype, gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("head_dim", [32, 80, 128])
+@pytest.mark.parametrize("head_dim", [20, 32, 80, 128])
 def test_paged_attention_head_dims_and_padding(device, head_dim, gen):
-    """Odd batch, head dims that are not a multiple of the vector width, and padding tokens past
+    """Odd batch, head dims that are not a multiple of the vector widths (20: no 8-float vectors; 80:
+    32-float blocks and an 8-float tail), and padding tokens past
     query_start_loc[-1] (CUDA graph padding) that the kernel must leave untouched."""
     seqs = [(1, 17), (5, 5), (1, 64), (3, 70), (1, 2)]
     batch = make_paged_batch(seqs, num_heads=6, num_kv_heads=2, head_dim=head_dim, block_size=16,

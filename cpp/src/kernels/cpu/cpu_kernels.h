@@ -113,6 +113,16 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // Sum of squares of a row, with the same lane trick as dot().
 inline float sum_squares(const float* a, int64_t n) { return dot(a, a, n); }
 
+// Asks for the cache lines of a row of n elements to be brought into L2 (a hint; never faults).
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t n) {
+  constexpr int64_t kLine = 64;
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(scalar_t)); offset += kLine) {
+    __builtin_prefetch(bytes + offset, /*rw=*/0, /*locality=*/2);
+  }
+}
+
 // Converts a row to float into `buf`, or returns it as is when it is float already.
 template <typename scalar_t>
 inline const float* as_float_row(const scalar_t* src, float* buf, int64_t n) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "row_dots.h"
 #include "vector_exp.h"
 
 namespace fastpage::kernels::cpu {
@@ -53,20 +54,13 @@ struct Scratch {
         num_valid(rows) {}
 };
 
-// The two hot loops get an AVX2+FMA clone chosen when the library loads; the build itself stays
+// The softmax weights get an AVX2+FMA clone chosen when the library loads; the build itself stays
 // at baseline x86-64 (no -march), so the same binary runs everywhere.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FASTPAGE_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FASTPAGE_VECTOR_CLONES
 #endif
-
-// scores[k] = q . keys[k]
-FASTPAGE_VECTOR_CLONES
-void score_keys(const float* q, const float* const* keys, int64_t num_keys, int64_t D,
-                float* scores) {
-  for (int64_t k = 0; k < num_keys; ++k) scores[k] = dot(q, keys[k], D);
-}
 
 // scores[k] = exp(scores[k] - max), returning their sum.
 FASTPAGE_VECTOR_CLONES
@@ -76,27 +70,6 @@ float softmax_weights(float* scores, int64_t num_keys, float max) {
   float sum = 0.f;
   for (int64_t k = 0; k < num_keys; ++k) sum += scores[k];
   return sum;
-}
-
-// acc += sum_k p[k] * v_rows[k]. Sixteen outputs at a time stay in registers across all the keys,
-// so acc is loaded and stored once per chunk rather than once per key.
-FASTPAGE_VECTOR_CLONES
-void accumulate_values(float* acc, const float* p, const float* const* v_rows, int64_t num_keys,
-                       int64_t D) {
-  constexpr int64_t kWidth = 16;
-  int64_t d0 = 0;
-  for (; d0 + kWidth <= D; d0 += kWidth) {
-    float sum[kWidth];
-    for (int64_t l = 0; l < kWidth; ++l) sum[l] = acc[d0 + l];
-    for (int64_t k = 0; k < num_keys; ++k) {
-      const float* v = v_rows[k] + d0;
-      for (int64_t l = 0; l < kWidth; ++l) sum[l] += p[k] * v[l];
-    }
-    for (int64_t l = 0; l < kWidth; ++l) acc[d0 + l] = sum[l];
-  }
-  for (; d0 < D; ++d0) {
-    for (int64_t k = 0; k < num_keys; ++k) acc[d0] += p[k] * v_rows[k][d0];
-  }
 }
 
 // Output row r (token r / group, head r % group of the kv head's group) of a tile.
@@ -138,45 +111,60 @@ void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
 
   // Causal: token t sees keys [0, first_position + token_begin + t]; the tile's last token the most.
   const int64_t keys_end = std::min(first_position + item.token_end, item.key_end);
+  const auto cache_offset = [&](int64_t position) {
+    const int64_t slot =
+        static_cast<int64_t>(block_table[position / g.block_size]) * g.block_size + position % g.block_size;
+    return slot * kv_token_stride + item.kv_head * D;
+  };
   for (int64_t chunk_begin = item.key_begin; chunk_begin < keys_end; chunk_begin += kKeyChunk) {
     const int64_t chunk_len = std::min(kKeyChunk, keys_end - chunk_begin);
     const float* key_rows[kKeyChunk];
     const float* value_rows[kKeyChunk];
     for (int64_t k = 0; k < chunk_len; ++k) {
-      const int64_t position = chunk_begin + k;
-      const int64_t slot =
-          static_cast<int64_t>(block_table[position / g.block_size]) * g.block_size +
-          position % g.block_size;
-      const int64_t offset = slot * kv_token_stride + item.kv_head * D;
+      const int64_t offset = cache_offset(chunk_begin + k);
       key_rows[k] = as_float_row(key_cache + offset, scratch.keys.data() + k * D, D);
       value_rows[k] = as_float_row(value_cache + offset, scratch.values.data() + k * D, D);
     }
-
-    // Scores, then the online-softmax update of each row's running max and sum.
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t token = item.token_begin + r / g.group;
-      const int64_t num_valid =
-          std::clamp<int64_t>(first_position + token + 1 - chunk_begin, 0, chunk_len);
-      scratch.num_valid[r] = num_valid;
-      if (num_valid == 0) continue;
-      const float* q_row = scratch.query.data() + r * D;
-      float* scores = scratch.scores.data() + r * kKeyChunk;
-      score_keys(q_row, key_rows, num_valid, D, scores);
-      const float chunk_max = *std::max_element(scores, scores + num_valid);
-      const float new_max = std::max(scratch.row_max[r], chunk_max);
-      if (new_max > scratch.row_max[r]) {
-        const float correction = std::exp(scratch.row_max[r] - new_max);
-        scratch.row_sum[r] *= correction;
-        float* acc = scratch.acc.data() + r * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] *= correction;
-        scratch.row_max[r] = new_max;
-      }
-      scratch.row_sum[r] += softmax_weights(scores, num_valid, new_max);
+    // The next chunk's rows are scattered over blocks (and strided by the kv heads within one), which
+    // the hardware prefetcher follows poorly: ask for them into L2 while this chunk computes.
+    for (int64_t position = chunk_begin + kKeyChunk; position < std::min(chunk_begin + 2 * kKeyChunk, keys_end);
+         ++position) {
+      const int64_t offset = cache_offset(position);
+      prefetch_row(key_cache + offset, D);
+      prefetch_row(value_cache + offset, D);
     }
 
-    for (int64_t r = 0; r < rows; ++r) {
-      accumulate_values(scratch.acc.data() + r * D, scratch.scores.data() + r * kKeyChunk,
-                        value_rows, scratch.num_valid[r], D);
+    // Blocks of rows share every loaded key and value row. A block scores the keys that its most
+    // advanced row sees; a row's weights past its own causal limit are zero.
+    for (int64_t r0 = 0; r0 < rows; r0 += kDotRowBlock) {
+      const int64_t block_rows = std::min(kDotRowBlock, rows - r0);
+      int64_t block_keys = 0;
+      for (int64_t r = r0; r < r0 + block_rows; ++r) {
+        const int64_t token = item.token_begin + r / g.group;
+        scratch.num_valid[r] = std::clamp<int64_t>(first_position + token + 1 - chunk_begin, 0, chunk_len);
+        block_keys = std::max(block_keys, scratch.num_valid[r]);
+      }
+      if (block_keys == 0) continue;
+      float* block_scores = scratch.scores.data() + r0 * kKeyChunk;
+      dot_rows(scratch.query.data() + r0 * D, block_rows, key_rows, block_keys, D, block_scores, kKeyChunk);
+      // The online-softmax update of each row's running max and sum.
+      for (int64_t r = r0; r < r0 + block_rows; ++r) {
+        const int64_t num_valid = scratch.num_valid[r];
+        float* scores = scratch.scores.data() + r * kKeyChunk;
+        std::fill(scores + num_valid, scores + block_keys, 0.f);
+        if (num_valid == 0) continue;
+        const float chunk_max = *std::max_element(scores, scores + num_valid);
+        const float new_max = std::max(scratch.row_max[r], chunk_max);
+        if (new_max > scratch.row_max[r]) {
+          const float correction = std::exp(scratch.row_max[r] - new_max);
+          scratch.row_sum[r] *= correction;
+          float* acc = scratch.acc.data() + r * D;
+          for (int64_t d = 0; d < D; ++d) acc[d] *= correction;
+          scratch.row_max[r] = new_max;
+        }
+        scratch.row_sum[r] += softmax_weights(scores, num_valid, new_max);
+      }
+      accumulate_rows(scratch.acc.data() + r0 * D, block_rows, block_scores, kKeyChunk, value_rows, block_keys, D);
     }
   }
 
