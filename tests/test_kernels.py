@@ -330,17 +330,20 @@ def test_silu_and_mul(device, shape, dtype, gen):
     assert_close(out, ref_silu_and_mul(x), dtype)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 17, 64])
 def test_small_batch_linear_on_cpu(rows, gen):
-    """float32 on the CPU (bf16/fp16 on CUDA: tests/gpu/test_cuda_kernels.py); out starts as NaN."""
-    k, n = 40, 13
-    x = torch.randn(rows, k, generator=gen)
-    w, bias = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
-    out = torch.full((rows, n), float("nan"))
-    ops.small_batch_linear(out, x, w, bias)
-    torch.testing.assert_close(out, x.double().matmul(w.double().T).add(bias).float(), atol=1e-4, rtol=1e-5)
+    """float32 on the CPU (bf16/fp16 on CUDA: tests/gpu/test_cuda_kernels.py); out starts as NaN.
+    Up to 4 rows stream one weight row at a time, 5-64 rows go through the row-block dots."""
+    n = 13
+    for k in (40, 37):  # a multiple of the vector width, and one with a tail
+        x = torch.randn(rows, k, generator=gen)
+        w, bias = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+        out = torch.full((rows, n), float("nan"))
+        ops.small_batch_linear(out, x, w, bias)
+        expected = x.double().matmul(w.double().T).add(bias).float()
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
     with pytest.raises(RuntimeError, match="rows"):
-        ops.small_batch_linear(torch.empty(5, n), torch.randn(5, k), w, None)
+        ops.small_batch_linear(torch.empty(65, n), torch.randn(65, k), w, None)
 
 
 # --- bad inputs -----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ void copy_blocks(const std::vector<at::Tensor>& caches, const at::Tensor& block_
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 
 // out [rows, N] = x [rows, K] @ weight [N, K].T (+ bias [N]) for decode-sized x: a stream over the
-// weights. CPU: float32, at most 4 rows. CUDA: bfloat16/float16, at most 4 rows, K % 8 == 0. All
+// weights. CPU: float32, at most 64 rows. CUDA: bfloat16/float16, at most 4 rows, K % 8 == 0. All
 // contiguous; bias may be undefined.
 void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                         const at::Tensor& bias);
