@@ -204,6 +204,24 @@ def test_two_nodes_on_one_machine(tiny_models, reference):  # noqa: F811
             node1.wait()
 
 
+def test_a_node_started_with_other_flags_is_refused(tiny_models):  # noqa: F811
+    path = model_dir(tiny_models, "gpt2")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([FASTPAGE_PARENT, os.environ.get("PYTHONPATH", "")]))
+    node1 = subprocess.Popen([sys.executable, "-m", "fastpage.cli", "serve", path, "-tp", "2", "--nnodes", "2",
+                              "--node-rank", "1", "--master-port", str(port), *ENGINE_FLAGS, "--max-num-seqs", "8"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(ValueError, match=r"rank 1 was started with other engine settings.*max_num_seqs=8 \(rank 0: 256\)"):
+            make_llm(path, tp=2, nnodes=2, distributed_master_port=port)
+        assert node1.wait(timeout=30) == 1
+        assert "max_num_seqs=8 (rank 0: 256)" in node1.stderr.read()
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+            node1.wait()
+
+
 def test_server_health_fails_when_a_worker_dies(tiny_models, tmp_path):  # noqa: F811
     path = model_dir(tiny_models, "llama")
     args = ["fastpage.entrypoints.openai.api_server", "--model", path, "-tp", "2", *ENGINE_FLAGS]

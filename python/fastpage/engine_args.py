@@ -82,6 +82,19 @@ class EngineArgs:
     def ranks_per_node(self) -> int:
         return self.world_size // self.nnodes
 
+    # What every rank of a tensor/pipeline parallel engine must agree on (the model path may differ
+    # from machine to machine; everything that shapes the weights, the cache or the plans may not).
+    _SHARED_BY_ALL_RANKS = ("dtype", "load_format", "tensor_parallel_size", "pipeline_parallel_size", "nnodes",
+                            "block_size", "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
+                            "enable_chunked_prefill", "enforce_eager", "kv_cache_memory_bytes",
+                            "num_gpu_blocks_override", "gpu_memory_utilization", "swap_space", "seed",
+                            "distributed_timeout_seconds")
+
+    def settings_shared_by_all_ranks(self, max_model_len: int) -> dict:
+        settings = {name: getattr(self, name) for name in self._SHARED_BY_ALL_RANKS}
+        settings.update(max_model_len=max_model_len, device_type="cpu" if self.resolved_device() == "cpu" else "cuda")
+        return settings
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device

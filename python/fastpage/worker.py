@@ -41,7 +41,8 @@ def run_worker(spec: WorkerSpec) -> None:
         torch.cuda.set_device(device)  # NCCL and the kernels' current stream follow the current device
     parallel = init_process_groups(spec.rank, args.tensor_parallel_size, args.pipeline_parallel_size,
                                    spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
-                                   args.distributed_timeout_seconds)
+                                   args.distributed_timeout_seconds,
+                                   args.settings_shared_by_all_ranks(spec.max_model_len))
     assert parallel.world_size == world_size
     loaded = load_model(args.model, dtype=args.dtype, device=device, load_format=args.load_format,
                         parallel=parallel)

@@ -128,7 +128,8 @@ class ParallelRuntime:
                 torch.set_num_threads(self._num_threads)
             self.parallel_config: _C.ParallelConfig = init_process_groups(
                 0, tp, pp, master_addr, master_port, "cpu" if device == "cpu" else "cuda",
-                args.distributed_timeout_seconds, check_workers=self.check)
+                args.distributed_timeout_seconds, args.settings_shared_by_all_ranks(max_model_len),
+                check_workers=self.check)
         except BaseException:
             self.shutdown()
             raise
