@@ -4,29 +4,19 @@ logits (processors, draws, logprobs) against Sampler.sample on the same logits o
 frequencies against softmax references, and seeded draws that depend only on (seed, position).
 Skipped without CUDA."""
 
+import os
 import random
+import sys
 
 import pytest
 import torch
 
-from fastpage import _C
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from sampler_reference import NEG_INF, assert_distribution, params, reference_probs, row  # noqa: E402
+
+from fastpage import _C  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-NEG_INF = float("-inf")
-
-
-def params(**fields):
-    p = _C.CSamplingParams()
-    for name, value in fields.items():
-        setattr(p, name, value)
-    return p
-
-
-def row(p, logits_row=0, token_ids=(), num_prompt_tokens=0, eos_token_ids=(), seed=0, position=0):
-    return _C.SamplingRow(logits_row=logits_row, params=p, token_ids=list(token_ids),
-                          num_prompt_tokens=num_prompt_tokens, eos_token_ids=list(eos_token_ids),
-                          seed=seed, position=position)
 
 
 def sample_tokens_op(logits, temperature, top_k, top_p, min_p, seeds, positions):
@@ -35,37 +25,6 @@ def sample_tokens_op(logits, temperature, top_k, top_p, min_p, seeds, positions)
     i = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
     return torch.ops.fastpage.sample_tokens(logits, f(temperature), i(top_k), f(top_p), f(min_p), i(seeds),
                                             i(positions)).tolist()
-
-
-def reference_probs(logits, temperature, top_k=0, top_p=1.0, min_p=0.0):
-    """vLLM v1: temperature, min_p, then top_k and top_p (top_p over what is left, renormalized)."""
-    x = logits.double() / temperature
-    if min_p > 0:
-        probs = x.softmax(-1)
-        x = x.masked_fill(probs < min_p * probs.max(), NEG_INF)
-    if top_k > 0:
-        x = x.masked_fill(x < x.topk(top_k).values[-1], NEG_INF)
-    if top_p < 1.0:
-        ascending, index = x.sort()
-        cumulative = ascending.softmax(-1).cumsum(-1)
-        removed = cumulative <= 1 - top_p
-        removed[-1] = False
-        x = torch.empty_like(x).scatter_(0, index, ascending.masked_fill(removed, NEG_INF))
-    return x.softmax(-1)
-
-
-def assert_distribution(tokens, probs):
-    """Each token's count within 6 sigma (+3 for tiny expectations) of num_draws * prob."""
-    num_draws = len(tokens)
-    probs = probs.double().cpu()
-    counts = torch.bincount(torch.tensor(tokens), minlength=probs.numel()).double()
-    assert counts.numel() == probs.numel(), "token outside the vocabulary"
-    never = probs == 0
-    assert counts[never].sum() == 0, f"drew excluded tokens {never.nonzero().flatten()[counts[never] > 0].tolist()}"
-    expected = probs * num_draws
-    sigma = (num_draws * probs * (1 - probs)).sqrt()
-    off = (counts - expected).abs() > 6 * sigma + 3
-    assert not off.any(), f"tokens {off.nonzero().flatten().tolist()}: counts {counts[off].tolist()} expected {expected[off].tolist()}"
 
 
 @pytest.mark.parametrize("vocab", [1, 7, 1000, 151936])
