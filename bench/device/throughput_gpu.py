@@ -38,13 +38,26 @@ def nano_workload(num_requests: int = 256, max_input_len: int = 1024, max_output
 
 def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, enforce_eager: bool,
                  max_num_seqs: int = 256) -> dict:
-    from fastpage import LLM, SamplingParams
+    from fastpage import LLM
 
     llm = LLM(model=path, dtype="bfloat16", max_model_len=4096, max_num_seqs=max_num_seqs,
               max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.9,
               enforce_eager=enforce_eager)
+    result = timed_greedy_generate(llm, prompts, output_lens)
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    return dict(engine="fastpage", **result, sampling="greedy", max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs, enforce_eager=enforce_eager)
+
+
+def timed_greedy_generate(llm, prompts, output_lens, num_warmup: int = 8) -> dict:
+    """Greedy, EOS ignored, token-id prompts: a short warm-up on the first prompts, then the whole
+    workload timed; every request must produce exactly its output length."""
+    from fastpage import SamplingParams
+
     warm = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, detokenize=False)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:num_warmup]], warm, use_tqdm=False)
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False) for n in output_lens]
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -52,14 +65,10 @@ def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, e
     elapsed = time.perf_counter() - start
     num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
     assert num_out == sum(output_lens), (num_out, sum(output_lens))
+    num_prompt = sum(map(len, prompts))
     stats = llm.llm_engine.get_stats()
-    del llm, outputs
-    gc.collect()
-    torch.cuda.empty_cache()
-    return dict(engine="fastpage", output_tok_per_s=num_out / elapsed, seconds=elapsed, num_requests=len(prompts),
-                output_tokens=num_out, prompt_tokens=sum(map(len, prompts)),
-                total_tok_per_s=(num_out + sum(map(len, prompts))) / elapsed, sampling="greedy",
-                max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
+    return dict(output_tok_per_s=num_out / elapsed, seconds=elapsed, num_requests=len(prompts), output_tokens=num_out,
+                prompt_tokens=num_prompt, total_tok_per_s=(num_out + num_prompt) / elapsed,
                 num_preemptions=stats["num_preemptions"], num_device_blocks=stats["num_device_blocks"])
 
 

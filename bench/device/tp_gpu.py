@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from model_shapes import hf_config, write_config_dir  # noqa: E402
-from throughput_gpu import nano_workload  # noqa: E402
+from throughput_gpu import nano_workload, timed_greedy_generate  # noqa: E402
 
 PARITY_PROMPT_LENS = (7, 33, 100, 250, 512, 1000, 64, 1500)
 PARITY_TOKENS = 32
@@ -184,25 +184,12 @@ def compare(name: str, ours, reference, prompts, tie_nats: float) -> dict:
 
 
 def throughput(llm, workload: str) -> dict:
-    from fastpage import SamplingParams
-
     if workload == "nano":
         prompts, output_lens = nano_workload()
     else:  # "1000x1000"
         prompts = random_prompts([1000] * 1000, seed=1)
         output_lens = [1000] * 1000
-    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False) for n in output_lens]
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:4]], params[:4], use_tqdm=False)  # warm-up
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    elapsed = time.perf_counter() - start
-    num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
-    assert num_out == sum(output_lens), (num_out, sum(output_lens))
-    stats = llm.llm_engine.get_stats()
-    return dict(output_tok_per_s=num_out / elapsed, seconds=elapsed, num_requests=len(prompts),
-                output_tokens=num_out, prompt_tokens=sum(map(len, prompts)),
-                num_preemptions=stats["num_preemptions"], num_device_blocks=stats["num_device_blocks"])
+    return timed_greedy_generate(llm, prompts, output_lens)
 
 
 def main() -> None:
