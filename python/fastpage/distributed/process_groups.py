@@ -76,20 +76,21 @@ def init_process_groups(rank: int, tensor_parallel_size: int, pipeline_parallel_
     config.timeout_seconds = timeout_seconds
     config.world_group = dist.new_group(list(range(world_size)), timeout=CONTROL_TIMEOUT,
                                         backend="gloo").group_name
-    # new_group is collective: every rank creates every group, in the same order.
     if tp > 1:
-        for stage in range(pp):
-            ranks = [stage * tp + t for t in range(tp)]
-            group = dist.new_group(ranks, timeout=timeout, backend=data_backend)
-            if rank in ranks:
-                config.tp_group = group.group_name
+        config.tp_group = _own_group(rank, [[stage * tp + t for t in range(tp)] for stage in range(pp)], timeout,
+                                     data_backend)
     if pp > 1:
-        for tp_rank in range(tp):
-            ranks = [stage * tp + tp_rank for stage in range(pp)]
-            group = dist.new_group(ranks, timeout=timeout, backend=data_backend)
-            if rank in ranks:
-                config.pp_group = group.group_name
+        config.pp_group = _own_group(rank, [[stage * tp + t for stage in range(pp)] for t in range(tp)], timeout,
+                                     data_backend)
     return config
+
+
+def _own_group(rank: int, partition: list[list[int]], timeout: datetime.timedelta, backend: str) -> str:
+    """Creates one group per rank list (new_group is collective: every rank creates every group, in
+    the same order) and returns the name of the one that holds `rank` (new_group hands the others a
+    non-member placeholder)."""
+    groups = [dist.new_group(ranks, timeout=timeout, backend=backend) for ranks in partition]
+    return next(group.group_name for group, ranks in zip(groups, partition) if rank in ranks)
 
 
 def destroy_process_groups() -> None:
