@@ -42,7 +42,7 @@ def write_config_dir(shape: str, path: str, num_layers: int | None = None) -> st
     """config.json and the small tokenizer only: for load_format="dummy", where every rank makes its
     own shard of the weights (no checkpoint of a 70B model is written or read)."""
     config = hf_config(shape, num_layers)
-    config.torch_dtype = torch.bfloat16
+    config.dtype = torch.bfloat16
     os.makedirs(path, exist_ok=True)
     config.save_pretrained(path)
     save_tokenizer(path)

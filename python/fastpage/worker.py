@@ -33,7 +33,6 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def run_worker(spec: WorkerSpec) -> None:
     args = EngineArgs(**spec.engine_args)
-    world_size = args.tensor_parallel_size * args.pipeline_parallel_size
     device = device_for_rank(args.resolved_device(), spec.local_rank)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
@@ -43,7 +42,6 @@ def run_worker(spec: WorkerSpec) -> None:
                                    spec.master_addr, spec.master_port, "cpu" if device == "cpu" else "cuda",
                                    args.distributed_timeout_seconds,
                                    args.settings_shared_by_all_ranks(spec.max_model_len))
-    assert parallel.world_size == world_size
     loaded = load_model(args.model, dtype=args.dtype, device=device, load_format=args.load_format,
                         parallel=parallel)
     config = args.engine_config(spec.max_model_len)
