@@ -13,7 +13,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import fastpage  # noqa: E402,F401  (registers torch.ops.fastpage)
-from kernel_reference import make_paged_batch, ref_copy_blocks, ref_paged_attention  # noqa: E402
+from kernel_reference import (  # noqa: E402
+    make_cos_sin_cache,
+    make_paged_batch,
+    ref_copy_blocks,
+    ref_paged_attention,
+    ref_silu_and_mul,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ops = torch.ops.fastpage
@@ -162,3 +168,95 @@ def test_small_batch_linear_rejects_what_it_cannot_run():
     with pytest.raises(RuntimeError, match="out"):
         ops.small_batch_linear(out[:, :4], x, w, None)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("intermediate,k", [(1, 8), (7, 24), (1001, 4096), (333, 4104), (2048, 1032)])
+def test_small_batch_linear_silu_and_mul_is_the_two_ops(dtype, rows, intermediate, k, gen):
+    """The gate_up GEMV with SiLU-and-mul in its epilogue equals small_batch_linear into [rows, 2I]
+    followed by silu_and_mul bit for bit: odd I (a block's missing warps), K of 1-3 vectors, K a
+    multiple of the 32 x 4-vector chunk (4096) and K with a tail (4104, 1032), every row count."""
+    x = torch.randn(rows, k, generator=gen).to("cuda", dtype)
+    w = (torch.randn(2 * intermediate, k, generator=gen) / k**0.5).to("cuda", dtype)
+    gate_up = torch.empty(rows, 2 * intermediate, device="cuda", dtype=dtype)
+    ops.small_batch_linear(gate_up, x, w, None)
+    two_ops = ops.silu_and_mul(gate_up)
+    out = torch.full((rows, intermediate), float("nan"), device="cuda", dtype=dtype)
+    ops.small_batch_linear_silu_and_mul(out, x, w)
+    assert torch.equal(out, two_ops)
+    # And both against float math (the projections rounded to the dtype, as a bf16/fp16 matmul does).
+    rounded = (x.float() @ w.float().T).to(dtype)
+    torch.testing.assert_close(out.float(), ref_silu_and_mul(rounded), **TOL[dtype])
+
+
+def test_small_batch_linear_silu_and_mul_rejects_what_it_cannot_run():
+    x = torch.randn(2, 16, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(10, 16, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="out must be contiguous \\[2, 5\\]"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(2, 10, device="cuda", dtype=torch.bfloat16), x, w)
+    with pytest.raises(RuntimeError, match="multiple of 2 rows"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(2, 4, device="cuda", dtype=torch.bfloat16), x, w[:9])
+    with pytest.raises(RuntimeError, match="rows"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(5, 5, device="cuda", dtype=torch.bfloat16),
+                                            x.repeat(3, 1)[:5], w)
+
+
+def decode_layers(x, residual, weights, positions, cos_sin, head_dim, after_each_op=lambda: None):
+    """Batch-1 decode layers out of the kernels launched back to back with programmatic dependent
+    launch (each reads what the previous one wrote): fused add + RMSNorm, qkv GEMV, rotary, o GEMV,
+    fused add + RMSNorm, gate_up + SiLU GEMV, down GEMV. Writes into x and residual."""
+    for norm_w, qkv_w, o_w, gate_up_w, down_w, qkv, act in weights:
+        q_size = o_w.shape[1]
+        kv_size = (qkv.shape[1] - q_size) // 2
+        for op in (lambda: ops.fused_add_rms_norm(x, residual, norm_w, 1e-5),
+                   lambda: ops.small_batch_linear(qkv, x, qkv_w, None),
+                   lambda: ops.rotary_embedding(positions, qkv[:, :q_size], qkv[:, q_size:q_size + kv_size],
+                                                cos_sin, head_dim),
+                   lambda: ops.small_batch_linear(x, qkv[:, :q_size].contiguous(), o_w, None),
+                   lambda: ops.fused_add_rms_norm(x, residual, norm_w, 1e-5),
+                   lambda: ops.small_batch_linear_silu_and_mul(act, x, gate_up_w),
+                   lambda: ops.small_batch_linear(x, act, down_w, None)):
+            op()
+            after_each_op()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_dependent_kernels_in_eager_mode_and_a_cuda_graph(rows, gen):
+    """The PDL-launched kernels keep their order, launched back to back eagerly and inside a captured
+    CUDA graph: four layers of the chain above equal the same chain run with a device sync after every
+    op (no overlap possible), eagerly and in graph replays on new inputs."""
+    hidden, heads, kv_heads, head_dim, intermediate = 1024, 8, 2, 128, 2816
+    dtype = torch.bfloat16
+    rnd = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=gen)).to("cuda", dtype)  # noqa: E731
+    qkv_rows = (heads + 2 * kv_heads) * head_dim
+    weights = [(1 + rnd(hidden, scale=0.1), rnd(qkv_rows, hidden, scale=hidden**-0.5),
+                rnd(hidden, heads * head_dim, scale=(heads * head_dim)**-0.5),
+                rnd(2 * intermediate, hidden, scale=hidden**-0.5),
+                rnd(hidden, intermediate, scale=intermediate**-0.5),
+                torch.empty(rows, qkv_rows, device="cuda", dtype=dtype),
+                torch.empty(rows, intermediate, device="cuda", dtype=dtype)) for _ in range(4)]
+    cos_sin = make_cos_sin_cache(64, head_dim, device="cuda")
+    positions = torch.tensor([5, 17, 63][:rows], device="cuda")
+
+    def run(x0, r0, **kwargs):
+        x, r = x0.clone(), r0.clone()
+        decode_layers(x, r, weights, positions, cos_sin, head_dim, **kwargs)
+        torch.cuda.synchronize()
+        return x, r
+
+    x, residual = rnd(rows, hidden), rnd(rows, hidden)
+    want = run(x, residual, after_each_op=torch.cuda.synchronize)
+    got = run(x, residual)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_layers(x, residual, weights, positions, cos_sin, head_dim)
+    for _ in range(3):
+        x0, r0 = rnd(rows, hidden), rnd(rows, hidden)
+        want = run(x0, r0, after_each_op=torch.cuda.synchronize)
+        x.copy_(x0)
+        residual.copy_(r0)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(x, want[0]) and torch.equal(residual, want[1])
