@@ -59,9 +59,10 @@ enum class SmallBatchEpilogue { Plain, SiluAndMul };
 template <typename T, int M, SmallBatchEpilogue E>
 __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
     T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, int n,
-    int k) {
+    int k, int pdl_mode) {
   static_assert(E == SmallBatchEpilogue::Plain || kRowsPerWarp == 2, "SiluAndMul pairs a gate and an up row");
-  allow_dependent_launch();
+  // EXPERIMENT pdl_mode bits: 1 = trigger at start (else after the main loop), 2 = L2 prefetch.
+  if (pdl_mode & 1) allow_dependent_launch();
   const int lane = threadIdx.x % 32;
   const int warp = blockIdx.x * kLinearWarps + threadIdx.x / 32;
   const int row0 = E == SmallBatchEpilogue::Plain ? warp * kRowsPerWarp : warp;
@@ -79,7 +80,7 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
   // The weights do not depend on the previous kernel: start their first chunk towards L2 while it
   // finishes.
   const uint32_t first_bytes = static_cast<uint32_t>(num_vecs < 32 * kUnroll ? num_vecs : 32 * kUnroll) * 16u;
-  if (lane == 0) {
+  if ((pdl_mode & 2) && lane == 0) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) prefetch_l2(w_rows[r], first_bytes);
   }
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
       }
     }
   }
+  if (!(pdl_mode & 1)) allow_dependent_launch();
   if constexpr (E == SmallBatchEpilogue::Plain) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {

@@ -7,6 +7,15 @@
 namespace fastpage::cuda {
 namespace {
 
+// EXPERIMENT: FASTPAGE_PDL_MODE bits (1 = GEMV triggers at start, 2 = L2 prefetch); default 3.
+int pdl_mode() {
+  static const int mode = [] {
+    const char* v = std::getenv("FASTPAGE_PDL_MODE");
+    return v != nullptr ? std::atoi(v) : 3;
+  }();
+  return mode;
+}
+
 // out [rows, n] from x [rows, K] and weight [n or 2n, K]; one warp per kRowsPerWarp weight rows (Plain)
 // or per output column (SiluAndMul).
 template <typename T, int M, SmallBatchEpilogue E>
@@ -17,7 +26,7 @@ void launch(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight
   launch_with_pdl(small_batch_linear_kernel<T, M, E>, dim3((n + outputs_per_block - 1) / outputs_per_block),
                   dim3(kLinearWarps * 32), 0, stream, x.get_device(), static_cast<T*>(out.data_ptr()),
                   static_cast<const T*>(x.data_ptr()), static_cast<const T*>(weight.data_ptr()),
-                  bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr, n, k);
+                  bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr, n, k, pdl_mode());
 }
 
 template <typename T, SmallBatchEpilogue E, int M = 1>
