@@ -1,7 +1,6 @@
 // SiLU-and-mul (the gated MLP activation): out[t, i] = silu(x[t, i]) * x[t, d + i].
 #pragma once
 #include "common.cuh"
-#include "launch.cuh"
 
 namespace fastpage::cuda {
 
@@ -12,13 +11,10 @@ __device__ __forceinline__ T silu_mul(T a, T b) {
   return from_float<T>(to_float(from_float<T>(x / (1.f + __expf(-x)))) * to_float(b));
 }
 
-// One thread block per token; VEC elements per access (1 or a 16-byte vector). Launched with PDL
-// (launch.cuh): everything after the wait.
+// One thread block per token; VEC elements per access (1 or a 16-byte vector).
 template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t in_row_stride,
                                     int64_t out_row_stride, int d) {
-  allow_dependent_launch();
-  wait_for_previous_grid();
   const T* gate = in + blockIdx.x * in_row_stride;
   const T* up = gate + d;
   T* row_out = out + blockIdx.x * out_row_stride;

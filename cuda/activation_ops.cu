@@ -30,12 +30,13 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
                         is_aligned16(out.data_ptr());
     auto launch = [&]<int VEC>() {
       const int threads = static_cast<int>(std::clamp<int64_t>((d / VEC + 31) / 32 * 32, 32, 1024));
-      launch_with_pdl(silu_and_mul_kernel<T, VEC>, dim3(grid_size(rows, op)), dim3(threads), 0, stream,
-          x.get_device(), static_cast<T*>(out.data_ptr()), static_cast<const T*>(in.data_ptr()), in_stride, d,
+      silu_and_mul_kernel<T, VEC><<<grid_size(rows, op), threads, 0, stream>>>(
+          static_cast<T*>(out.data_ptr()), static_cast<const T*>(in.data_ptr()), in_stride, d,
           static_cast<int>(d));
     };
     if (vec_ok) launch.template operator()<kVec>();
     else launch.template operator()<1>();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }

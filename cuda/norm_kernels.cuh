@@ -1,9 +1,7 @@
 // RMSNorm kernels: one thread block per row, statistics in float32, two passes over the row
-// (the second hits L1/L2). VEC elements per access: 1 or a 16-byte vector. Launched with PDL
-// (launch.cuh): everything after the wait.
+// (the second hits L1/L2). VEC elements per access: 1 or a 16-byte vector.
 #pragma once
 #include "common.cuh"
-#include "launch.cuh"
 
 namespace fastpage::cuda {
 
@@ -43,8 +41,6 @@ __device__ __forceinline__ T scale_normalized(float x, float inv_rms, T weight) 
 template <typename T, int VEC>
 __global__ void rms_norm_kernel(T* __restrict__ out, const T* __restrict__ in, const T* __restrict__ weight,
                                 int64_t in_row_stride, int64_t out_row_stride, int hidden, float eps) {
-  allow_dependent_launch();
-  wait_for_previous_grid();
   const T* row_in = in + blockIdx.x * in_row_stride;
   T* row_out = out + blockIdx.x * out_row_stride;
   float sum_sq = 0.f;
@@ -69,8 +65,6 @@ template <typename T, int VEC>
 __global__ void fused_add_rms_norm_kernel(T* __restrict__ x, T* __restrict__ residual,
                                           const T* __restrict__ weight, int64_t x_row_stride,
                                           int64_t residual_row_stride, int hidden, float eps) {
-  allow_dependent_launch();
-  wait_for_previous_grid();
   T* row_x = x + blockIdx.x * x_row_stride;
   T* row_r = residual + blockIdx.x * residual_row_stride;
   float sum_sq = 0.f;

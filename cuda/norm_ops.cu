@@ -46,13 +46,14 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     const bool vec_ok = hidden % kVec == 0 && in_stride % kVec == 0 && is_aligned16(in.data_ptr()) &&
                         is_aligned16(weight.data_ptr()) && is_aligned16(out.data_ptr());
     auto launch = [&]<int VEC>() {
-      launch_with_pdl(rms_norm_kernel<T, VEC>, dim3(grid_size(rows, op)), dim3(threads_for(hidden, VEC)), 0,
-          stream, x.get_device(), static_cast<T*>(out.data_ptr()), static_cast<const T*>(in.data_ptr()),
+      rms_norm_kernel<T, VEC><<<grid_size(rows, op), threads_for(hidden, VEC), 0, stream>>>(
+          static_cast<T*>(out.data_ptr()), static_cast<const T*>(in.data_ptr()),
           static_cast<const T*>(weight.data_ptr()), in_stride, hidden, static_cast<int>(hidden),
           static_cast<float>(eps));
     };
     if (vec_ok) launch.template operator()<kVec>();
     else launch.template operator()<1>();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -78,13 +79,14 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
                         is_aligned16(x.data_ptr()) && is_aligned16(residual.data_ptr()) &&
                         is_aligned16(weight.data_ptr());
     auto launch = [&]<int VEC>() {
-      launch_with_pdl(fused_add_rms_norm_kernel<T, VEC>, dim3(grid_size(rows, op)),
-          dim3(threads_for(hidden, VEC)), 0, stream, x.get_device(), static_cast<T*>(x.data_ptr()), static_cast<T*>(residual.data_ptr()),
+      fused_add_rms_norm_kernel<T, VEC><<<grid_size(rows, op), threads_for(hidden, VEC), 0, stream>>>(
+          static_cast<T*>(x.data_ptr()), static_cast<T*>(residual.data_ptr()),
           static_cast<const T*>(weight.data_ptr()), x_stride, r_stride, static_cast<int>(hidden),
           static_cast<float>(eps));
     };
     if (vec_ok) launch.template operator()<kVec>();
     else launch.template operator()<1>();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

@@ -1,7 +1,6 @@
 // Rotary position embedding, rotate-half (NeoX / HF) layout, applied in place.
 #pragma once
 #include "common.cuh"
-#include "launch.cuh"
 
 namespace fastpage::cuda {
 
@@ -22,15 +21,12 @@ __device__ __forceinline__ void rotate_heads(T* __restrict__ x, int num_heads, i
 }
 
 // One thread block per token; query/key rows have num_*_heads contiguous heads of head_dim.
-// Launched with PDL (launch.cuh): everything after the wait.
 template <typename T, typename C, typename P>
 __global__ void rotary_embedding_kernel(const P* __restrict__ positions, T* __restrict__ query,
                                         T* __restrict__ key, const C* __restrict__ cos_sin_cache,
                                         int64_t query_token_stride, int64_t key_token_stride,
                                         int64_t cache_row_stride, int num_heads, int num_kv_heads,
                                         int head_dim, int rot_dim) {
-  allow_dependent_launch();
-  wait_for_previous_grid();
   const int64_t token = blockIdx.x;
   const C* cos_sin = cos_sin_cache + static_cast<int64_t>(positions[token]) * cache_row_stride;
   const int half = rot_dim / 2;

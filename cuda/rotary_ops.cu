@@ -56,14 +56,15 @@ void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, cons
   dispatch_float_types(query.scalar_type(), op, [&]<typename T>() {
     dispatch_index_types(pos, op, "positions", [&]<typename P>() {
       auto launch = [&]<typename C>() {
-        launch_with_pdl(rotary_embedding_kernel<T, C, P>, dim3(grid_size(num_tokens, op)), dim3(threads), 0,
-            stream, query.get_device(), pos.data_ptr<P>(), static_cast<T*>(query.data_ptr()), static_cast<T*>(key.data_ptr()),
+        rotary_embedding_kernel<T, C, P><<<grid_size(num_tokens, op), threads, 0, stream>>>(
+            pos.data_ptr<P>(), static_cast<T*>(query.data_ptr()), static_cast<T*>(key.data_ptr()),
             static_cast<const C*>(cos_sin_cache.data_ptr()), query.stride(0), key.stride(0),
             cos_sin_cache.stride(0), static_cast<int>(num_heads), static_cast<int>(num_kv_heads),
             static_cast<int>(head_dim), static_cast<int>(rot_dim));
       };
       if (cos_sin_cache.scalar_type() == at::kFloat) launch.template operator()<float>();
       else launch.template operator()<T>();
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }

@@ -6,14 +6,11 @@
 // The gated-MLP variant (SmallBatchEpilogue::SiluAndMul) gives warp j the gate row j and the up row
 // I + j of w [2I, K] and writes silu_and_mul's value for output column j: the activation is computed
 // once per output, and the result is bit-identical to this kernel followed by silu_and_mul.
-// Launched with PDL (launch.cuh): the weights' first vectors are prefetched into L2 before waiting
-// for the kernel that writes x.
 #pragma once
 #include <cstdint>
 
 #include "activation_kernels.cuh"
 #include "common.cuh"
-#include "launch.cuh"
 
 namespace fastpage::cuda {
 
@@ -59,10 +56,8 @@ enum class SmallBatchEpilogue { Plain, SiluAndMul };
 template <typename T, int M, SmallBatchEpilogue E>
 __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
     T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, int n,
-    int k, int pdl_mode) {
+    int k) {
   static_assert(E == SmallBatchEpilogue::Plain || kRowsPerWarp == 2, "SiluAndMul pairs a gate and an up row");
-  // EXPERIMENT pdl_mode bits: 1 = trigger at start (else after the main loop), 2 = L2 prefetch.
-  if (pdl_mode & 1) allow_dependent_launch();
   const int lane = threadIdx.x % 32;
   const int warp = blockIdx.x * kLinearWarps + threadIdx.x / 32;
   const int row0 = E == SmallBatchEpilogue::Plain ? warp * kRowsPerWarp : warp;
@@ -73,18 +68,11 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     int64_t row;
-    if constexpr (E == SmallBatchEpilogue::Plain) row = row0 + r < n ? row0 + r : row0;  // a missing last row
-    else row = row0 + static_cast<int64_t>(r) * n;  // re-reads row0 and is never written
+    // Plain: a missing last row re-reads row0 and is never written. SiluAndMul: gate row, up row.
+    if constexpr (E == SmallBatchEpilogue::Plain) row = row0 + r < n ? row0 + r : row0;
+    else row = row0 + static_cast<int64_t>(r) * n;
     w_rows[r] = reinterpret_cast<const int4*>(w + row * k);
   }
-  // The weights do not depend on the previous kernel: start their first chunk towards L2 while it
-  // finishes.
-  const uint32_t first_bytes = static_cast<uint32_t>(num_vecs < 32 * kUnroll ? num_vecs : 32 * kUnroll) * 16u;
-  if ((pdl_mode & 2) && lane == 0) {
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) prefetch_l2(w_rows[r], first_bytes);
-  }
-  wait_for_previous_grid();
   float acc[kRowsPerWarp][M] = {};
   for (int base = lane; base < num_vecs; base += 32 * kUnroll) {
     int4 wv[kRowsPerWarp][kUnroll];
@@ -106,7 +94,6 @@ __global__ void __launch_bounds__(kLinearWarps * 32) small_batch_linear_kernel(
       }
     }
   }
-  if (!(pdl_mode & 1)) allow_dependent_launch();
   if constexpr (E == SmallBatchEpilogue::Plain) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {

@@ -7,15 +7,6 @@
 namespace fastpage::cuda {
 namespace {
 
-// EXPERIMENT: FASTPAGE_PDL_MODE bits (1 = GEMV triggers at start, 2 = L2 prefetch); default 3.
-int pdl_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("FASTPAGE_PDL_MODE");
-    return v != nullptr ? std::atoi(v) : 3;
-  }();
-  return mode;
-}
-
 // out [rows, n] from x [rows, K] and weight [n or 2n, K]; one warp per kRowsPerWarp weight rows (Plain)
 // or per output column (SiluAndMul).
 template <typename T, int M, SmallBatchEpilogue E>
@@ -23,10 +14,11 @@ void launch(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight
             cudaStream_t stream) {
   const int n = static_cast<int>(out.size(1)), k = static_cast<int>(weight.size(1));
   const int outputs_per_block = E == SmallBatchEpilogue::Plain ? kLinearWarps * kRowsPerWarp : kLinearWarps;
-  launch_with_pdl(small_batch_linear_kernel<T, M, E>, dim3((n + outputs_per_block - 1) / outputs_per_block),
-                  dim3(kLinearWarps * 32), 0, stream, x.get_device(), static_cast<T*>(out.data_ptr()),
-                  static_cast<const T*>(x.data_ptr()), static_cast<const T*>(weight.data_ptr()),
-                  bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr, n, k, pdl_mode());
+  small_batch_linear_kernel<T, M, E><<<(n + outputs_per_block - 1) / outputs_per_block, kLinearWarps * 32, 0,
+                                       stream>>>(
+      static_cast<T*>(out.data_ptr()), static_cast<const T*>(x.data_ptr()),
+      static_cast<const T*>(weight.data_ptr()), bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr,
+      n, k);
 }
 
 template <typename T, SmallBatchEpilogue E, int M = 1>
@@ -73,6 +65,7 @@ void dispatch(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weig
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (x.scalar_type() == at::kBFloat16) launch_rows<__nv_bfloat16, E>(x.size(0), out, x, weight, bias, stream);
   else launch_rows<__half, E>(x.size(0), out, x, weight, bias, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,

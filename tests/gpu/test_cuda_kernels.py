@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import fastpage  # noqa: E402,F401  (registers torch.ops.fastpage)
 from kernel_reference import (  # noqa: E402
-    make_cos_sin_cache,
     make_paged_batch,
     ref_copy_blocks,
     ref_paged_attention,
@@ -169,7 +168,6 @@ def test_small_batch_linear_rejects_what_it_cannot_run():
         ops.small_batch_linear(out[:, :4], x, w, None)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("intermediate,k", [(1, 8), (7, 24), (1001, 4096), (333, 4104), (2048, 1032)])
@@ -201,62 +199,3 @@ def test_small_batch_linear_silu_and_mul_rejects_what_it_cannot_run():
         ops.small_batch_linear_silu_and_mul(torch.empty(5, 5, device="cuda", dtype=torch.bfloat16),
                                             x.repeat(3, 1)[:5], w)
 
-
-def decode_layers(x, residual, weights, positions, cos_sin, head_dim, after_each_op=lambda: None):
-    """Batch-1 decode layers out of the kernels launched back to back with programmatic dependent
-    launch (each reads what the previous one wrote): fused add + RMSNorm, qkv GEMV, rotary, o GEMV,
-    fused add + RMSNorm, gate_up + SiLU GEMV, down GEMV. Writes into x and residual."""
-    for norm_w, qkv_w, o_w, gate_up_w, down_w, qkv, act in weights:
-        q_size = o_w.shape[1]
-        kv_size = (qkv.shape[1] - q_size) // 2
-        for op in (lambda: ops.fused_add_rms_norm(x, residual, norm_w, 1e-5),
-                   lambda: ops.small_batch_linear(qkv, x, qkv_w, None),
-                   lambda: ops.rotary_embedding(positions, qkv[:, :q_size], qkv[:, q_size:q_size + kv_size],
-                                                cos_sin, head_dim),
-                   lambda: ops.small_batch_linear(x, qkv[:, :q_size].contiguous(), o_w, None),
-                   lambda: ops.fused_add_rms_norm(x, residual, norm_w, 1e-5),
-                   lambda: ops.small_batch_linear_silu_and_mul(act, x, gate_up_w),
-                   lambda: ops.small_batch_linear(x, act, down_w, None)):
-            op()
-            after_each_op()
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-def test_dependent_kernels_in_eager_mode_and_a_cuda_graph(rows, gen):
-    """The PDL-launched kernels keep their order, launched back to back eagerly and inside a captured
-    CUDA graph: four layers of the chain above equal the same chain run with a device sync after every
-    op (no overlap possible), eagerly and in graph replays on new inputs."""
-    hidden, heads, kv_heads, head_dim, intermediate = 1024, 8, 2, 128, 2816
-    dtype = torch.bfloat16
-    rnd = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=gen)).to("cuda", dtype)  # noqa: E731
-    qkv_rows = (heads + 2 * kv_heads) * head_dim
-    weights = [(1 + rnd(hidden, scale=0.1), rnd(qkv_rows, hidden, scale=hidden**-0.5),
-                rnd(hidden, heads * head_dim, scale=(heads * head_dim)**-0.5),
-                rnd(2 * intermediate, hidden, scale=hidden**-0.5),
-                rnd(hidden, intermediate, scale=intermediate**-0.5),
-                torch.empty(rows, qkv_rows, device="cuda", dtype=dtype),
-                torch.empty(rows, intermediate, device="cuda", dtype=dtype)) for _ in range(4)]
-    cos_sin = make_cos_sin_cache(64, head_dim, device="cuda")
-    positions = torch.tensor([5, 17, 63][:rows], device="cuda")
-
-    def run(x0, r0, **kwargs):
-        x, r = x0.clone(), r0.clone()
-        decode_layers(x, r, weights, positions, cos_sin, head_dim, **kwargs)
-        torch.cuda.synchronize()
-        return x, r
-
-    x, residual = rnd(rows, hidden), rnd(rows, hidden)
-    want = run(x, residual, after_each_op=torch.cuda.synchronize)
-    got = run(x, residual)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode_layers(x, residual, weights, positions, cos_sin, head_dim)
-    for _ in range(3):
-        x0, r0 = rnd(rows, hidden), rnd(rows, hidden)
-        want = run(x0, r0, after_each_op=torch.cuda.synchronize)
-        x.copy_(x0)
-        residual.copy_(r0)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(x, want[0]) and torch.equal(residual, want[1])
