@@ -78,14 +78,16 @@ def hf_token_logprobs(model, prompt, completion):
     return torch.tensor([logprobs[len(prompt) - 1 + i, token].item() for i, token in enumerate(completion)])
 
 
-# The fp8 model's greedy logprobs against HF's with fp8-rounded K/V: both attend to the same rounded
-# values, so what is left is float32 arithmetic order, plus the rare element whose float32 value lies
-# within rounding noise of an e4m3 rounding boundary (then the two sides round it a step of 2^-3
-# relative apart). Against plain HF the fp8 rounding itself shows: e4m3 keeps 3 mantissa bits
-# (relative error <= 2^-4 per element), which moves these near-one-hot logits (weights of std 0.15)
-# by a few hundredths of a nat; the bounds hold with 3-5x margin over what the model shows.
-TOL_FP8_REFERENCE = 2e-2
-TOL_PLAIN_REFERENCE = 0.15
+# Against HF with fp8-rounded K/V both sides attend to the same rounded values: what is left is
+# float32 arithmetic order, plus the rare element whose float32 value lies within rounding noise of
+# an e4m3 rounding boundary (the two sides then round it one step, 2^-3 relative, apart); measured
+# <= 2e-4 nats. Against plain HF the rounding itself shows: e4m3 keeps 3 mantissa bits, a relative
+# error up to 2^-4 (RMS ~3.6%) on every key and value, which moves scores of a few units by ~0.1 and
+# these tiny-model logprobs (about -3 on average) by 0.05-0.08 nats on average, 0.23 at worst
+# (a float32 cache vs the fp8-rounded HF shows the same spread). Bounds: ~2x over the measured.
+TOL_FP8_REFERENCE = 5e-3
+TOL_PLAIN_REFERENCE_MEAN = 0.15
+TOL_PLAIN_REFERENCE_MAX = 0.5
 
 
 def test_greedy_logprobs_close_to_hf(llama_dir, fp8_llm):
@@ -93,16 +95,18 @@ def test_greedy_logprobs_close_to_hf(llama_dir, fp8_llm):
     outputs = fp8_llm.generate([{"prompt_token_ids": p} for p in prompts],
                                SamplingParams(max_tokens=24, logprobs=0, **GREEDY), use_tqdm=False)
     fp8_reference, plain_reference = hf_model(llama_dir, fp8_kv=True), hf_model(llama_dir, fp8_kv=False)
-    worst_fp8, worst_plain = 0.0, 0.0
+    fp8_errors, plain_errors = [], []
     for prompt, output in zip(prompts, outputs):
         completion = output.outputs[0]
         got = torch.tensor([position[token].logprob for token, position in zip(completion.token_ids,
                                                                                completion.logprobs)])
-        worst_fp8 = max(worst_fp8, (got - hf_token_logprobs(fp8_reference, prompt, completion.token_ids)).abs().max())
-        worst_plain = max(worst_plain,
-                          (got - hf_token_logprobs(plain_reference, prompt, completion.token_ids)).abs().max())
-    assert worst_fp8 < TOL_FP8_REFERENCE, worst_fp8
-    assert worst_plain < TOL_PLAIN_REFERENCE, worst_plain
+        fp8_errors.append((got - hf_token_logprobs(fp8_reference, prompt, completion.token_ids)).abs())
+        plain_errors.append((got - hf_token_logprobs(plain_reference, prompt, completion.token_ids)).abs())
+    fp8_errors, plain_errors = torch.cat(fp8_errors), torch.cat(plain_errors)
+    assert fp8_errors.max() < TOL_FP8_REFERENCE, fp8_errors.max()
+    assert plain_errors.mean() < TOL_PLAIN_REFERENCE_MEAN, plain_errors.mean()
+    assert plain_errors.max() < TOL_PLAIN_REFERENCE_MAX, plain_errors.max()
+    assert plain_errors.max() > 10 * TOL_FP8_REFERENCE  # the cache really is fp8: its rounding shows
     assert_no_leaks(fp8_llm)
 
 
@@ -113,8 +117,9 @@ def test_prefix_caching_and_preemption_with_fp8(llama_dir, fp8_llm, swap_space):
     (a preempted request produces what it would have without preemption), and no block leaks."""
     shared = random_prompts([48], seed=31)[0]
     prompts = [shared + tail for tail in random_prompts([5, 12, 20, 9], seed=32)]
-    small = make_llm(llama_dir, "fp8", num_gpu_blocks_override=18, enable_prefix_caching=True, swap_space=swap_space)
+    small = make_llm(llama_dir, "fp8", num_gpu_blocks_override=12, enable_prefix_caching=True, swap_space=swap_space)
     params = SamplingParams(max_tokens=40, **GREEDY)
+    small.generate({"prompt_token_ids": shared + [7]}, SamplingParams(max_tokens=1), use_tqdm=False)  # caches it
     constrained = small.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     stats = small.llm_engine.get_stats()
     assert stats["num_preemptions"] > 0 and stats["prefix_cache_hits"] > 0, stats
