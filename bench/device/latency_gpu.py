@@ -90,16 +90,32 @@ def profile_decode(path: str, prompt: list[int], enforce_eager: bool, num_steps:
     for _ in range(8):  # the prefill and a few warm decode steps
         engine.step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for _ in range(num_steps):
             engine.step()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / num_steps
     kernels: dict[str, float] = {}
+    host_phases: dict[str, float] = {}  # the C++ step's named phases (engine.cpp, model_runner.cpp)
+    spans = []
     for event in prof.events():
         if event.device_type.name == "CUDA":
             kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / num_steps
+            spans.append((event.time_range.start, event.time_range.end))
+        elif event.name.startswith("fastpage::"):
+            host_phases[event.name] = host_phases.get(event.name, 0.0) + event.cpu_time_total / num_steps
+    # Idle GPU time between kernels: short gaps are launch/ramp gaps inside a step (a graph replay),
+    # long ones (> 20 us) are the host's turn between steps.
+    spans.sort()
+    inside = between = 0.0
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        gap = next_start - end
+        if gap > 0:
+            if gap > 20:
+                between += gap
+            else:
+                inside += gap
     while engine.has_unfinished_requests():
         engine.step()
     del llm, engine
@@ -107,7 +123,10 @@ def profile_decode(path: str, prompt: list[int], enforce_eager: bool, num_steps:
     torch.cuda.empty_cache()
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:20])
     return dict(engine="fastpage", enforce_eager=enforce_eager, kind="profile", step_wall_ms=wall * 1e3,
-                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3, top_kernels_us_per_step=top)
+                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3,
+                gpu_gaps_inside_steps_ms_per_step=inside / 1e3 / num_steps,
+                gpu_idle_between_steps_ms_per_step=between / 1e3 / num_steps,
+                host_phases_us_per_step=host_phases, top_kernels_us_per_step=top)
 
 
 @torch.no_grad()
