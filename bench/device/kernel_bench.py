@@ -42,12 +42,13 @@ def copy_bandwidth_gbps():
     return 2 * src.numel() * 4 / ms / 1e6
 
 
-def paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block_size, dtype, gen):
+def paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block_size, dtype, gen,
+                        cache_dtype=None):
     blocks_per_seq = math.ceil(context / block_size)
     num_blocks = batch * blocks_per_seq
     key_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device="cuda", dtype=dtype,
-                            generator=gen)
-    value_cache = torch.randn_like(key_cache)
+                            generator=gen).to(cache_dtype or dtype)
+    value_cache = torch.randn(key_cache.shape, device="cuda", dtype=dtype, generator=gen).to(cache_dtype or dtype)
     block_tables = torch.randperm(num_blocks, device="cuda", generator=gen).to(torch.int32).view(batch, -1)
     query = torch.randn(batch, num_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
     query_start_loc = torch.arange(batch + 1, device="cuda", dtype=torch.int32)
@@ -56,9 +57,11 @@ def paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block
 
 
 def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, num_heads=32, num_kv_heads=8,
-                           head_dim=128, block_size=16, dtype=torch.bfloat16):
+                           head_dim=128, block_size=16, dtype=torch.bfloat16, cache_dtype=None):
+    """cache_dtype: torch.float8_e4m3fn for an fp8 KV cache (kv_cache_dtype="fp8"); the torch
+    references then read the same values upcast to the query dtype."""
     q, kc, vc, qsl, ctx, bt = paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block_size,
-                                                  dtype, gen)
+                                                  dtype, gen, cache_dtype)
     scale = head_dim**-0.5
     out = torch.empty_like(q)
     run = lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, 1, context)  # noqa: E731
@@ -66,7 +69,7 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
     # Torch references: gather the paged K/V into dense tensors, then SDPA (the gather is what a
     # paged-unaware implementation pays); and SDPA alone over already dense K/V.
     def dense(cache):
-        return cache[bt.long()].reshape(batch, context, num_kv_heads, head_dim).transpose(1, 2)
+        return cache[bt.long()].to(dtype).reshape(batch, context, num_kv_heads, head_dim).transpose(1, 2)
 
     qd = q.view(batch, num_heads, 1, head_dim)
     torch_gather_sdpa = lambda: F.scaled_dot_product_attention(qd, dense(kc), dense(vc), scale=scale,  # noqa: E731
@@ -82,7 +85,7 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
     return {
         "device": device_name, "engine": "fastpage", "kernel": "paged_attention (decode)",
         "workload": f"decode_attention_b{batch}_ctx{context}_h{num_heads}kv{num_kv_heads}_d{head_dim}_bs{block_size}_"
-                    f"{str(dtype).split('.')[-1]}",
+                    f"{str(dtype).split('.')[-1]}" + ("" if cache_dtype is None else "_fp8cache"),
         "ms": ms, "bytes": io_bytes, "achieved_GBps": gbps, "copy_GBps": copy_gbps,
         "fraction_of_copy_bandwidth": gbps / copy_gbps, "rel_err_vs_torch": err,
         "torch_gather_sdpa_ms": time_ms(torch_gather_sdpa, iters=20), "torch_sdpa_dense_ms": time_ms(torch_sdpa),
@@ -155,6 +158,11 @@ def main():
              "copy_GBps": copy_gbps}]
     rows.append(bench_decode_attention(device_name, copy_gbps, gen))
     rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=8, context=8192))
+    # The 1000 x 1000 Llama-3-8B workload's decode batch: 208 sequences (bf16 cache) or 416 (fp8) at ~1500.
+    rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=208, context=1536))
+    for batch, context in ((64, 2048), (416, 1536)):
+        rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=batch, context=context,
+                                           cache_dtype=torch.float8_e4m3fn))
     rows.append(bench_prefill_attention(device_name, gen))
     rows += bench_elementwise(device_name, copy_gbps, gen)
     print(f"{'kernel':28s} {'workload':52s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s} {'torch ms':>9s} {'err':>8s}")

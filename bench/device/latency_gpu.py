@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from model_shapes import make_checkpoint  # noqa: E402
+from step_profile import profile_steps  # noqa: E402
 
 WORKLOAD = "latency-bs1-512in-128out-llama-3-8b"
 PROMPT_LEN, NEW_TOKENS = 512, 128
@@ -75,11 +76,7 @@ def run_fastpage(path: str, prompt: list[int], enforce_eager: bool) -> dict:
 
 
 def profile_decode(path: str, prompt: list[int], enforce_eager: bool, num_steps: int = 4) -> dict:
-    """Decode steps under torch.profiler (graph replays report their kernels too): GPU time per step by
-    kernel, summed over the step, against the step's wall time (the difference is launch gaps, kernel
-    ramp-up and host work)."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Batch-1 decode steps under torch.profiler (step_profile.profile_steps)."""
     from fastpage import LLM, SamplingParams
 
     llm = LLM(model=path, dtype="bfloat16", max_model_len=2048, max_num_seqs=8, gpu_memory_utilization=0.9,
@@ -89,44 +86,13 @@ def profile_decode(path: str, prompt: list[int], enforce_eager: bool, num_steps:
                        SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, detokenize=False))
     for _ in range(8):  # the prefill and a few warm decode steps
         engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            engine.step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - start) / num_steps
-    kernels: dict[str, float] = {}
-    host_phases: dict[str, float] = {}  # the C++ step's named phases (engine.cpp, model_runner.cpp)
-    spans = []
-    for event in prof.events():
-        if event.device_type.name == "CUDA":
-            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / num_steps
-            spans.append((event.time_range.start, event.time_range.end))
-        elif event.name.startswith("fastpage::"):
-            host_phases[event.name] = host_phases.get(event.name, 0.0) + event.cpu_time_total / num_steps
-    # Idle GPU time between kernels: short gaps are launch/ramp gaps inside a step (a graph replay),
-    # long ones (> 20 us) are the host's turn between steps.
-    spans.sort()
-    inside = between = 0.0
-    for (_, end), (next_start, _) in zip(spans, spans[1:]):
-        gap = next_start - end
-        if gap > 0:
-            if gap > 20:
-                between += gap
-            else:
-                inside += gap
+    row = profile_steps(engine, num_steps)
     while engine.has_unfinished_requests():
         engine.step()
     del llm, engine
     gc.collect()
     torch.cuda.empty_cache()
-    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:20])
-    return dict(engine="fastpage", enforce_eager=enforce_eager, kind="profile", step_wall_ms=wall * 1e3,
-                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3,
-                gpu_gaps_inside_steps_ms_per_step=inside / 1e3 / num_steps,
-                gpu_idle_between_steps_ms_per_step=between / 1e3 / num_steps,
-                host_phases_us_per_step=host_phases, top_kernels_us_per_step=top)
+    return dict(engine="fastpage", enforce_eager=enforce_eager, **row)
 
 
 @torch.no_grad()

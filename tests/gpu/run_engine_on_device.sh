@@ -11,6 +11,9 @@
 #   latency     bench/device/latency_gpu.py $LATENCY_ARGS (e.g. --profile --skip-hf)
 #   llama1000   bench/device/throughput_llama_gpu.py $LLAMA_ARGS (e.g. --num-requests 300)
 #   tp          bench/device/tp_gpu.py $TP_ARGS (tensor-parallel parity and throughput; several GPUs)
+#   attention   bench/device/kernel_bench.py (attention and elementwise kernels vs copy bandwidth and torch)
+#   profile     bench/device/profile_llama_steps.py $PROFILE_ARGS (a prefill and decode steps of the
+#               Llama-3-8B 1000x1000 workload under torch.profiler, e.g. --kv-cache-dtype fp8)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-out}
@@ -58,6 +61,13 @@ for stage in $STAGES; do
     tp)
       timeout 560 python3 bench/device/tp_gpu.py --out "$OUT/tp_gpu.json" ${TP_ARGS:-} 2>&1 | tee "$OUT/tp.log" |
         grep -v -E "^(Loading|Writing)" | tail -40
+      ;;
+    attention)
+      timeout 240 python3 bench/device/kernel_bench.py --out "$OUT/kernel_bench.json" 2>&1 | tee "$OUT/attention.log" | tail -14
+      ;;
+    profile)
+      timeout 300 python3 bench/device/profile_llama_steps.py --out "$OUT/profile_llama_steps.json" ${PROFILE_ARGS:-} 2>&1 |
+        tee "$OUT/profile.log" | grep -v -E "^(Loading|Writing)" | tail -60
       ;;
     latency)
       timeout 300 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" ${LATENCY_ARGS:-} 2>&1 |
