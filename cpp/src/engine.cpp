@@ -1,6 +1,7 @@
 #include "fastpage/engine.h"
 
 #include <ATen/ops/index_select.h>
+#include <ATen/record_function.h>
 
 #include <stdexcept>
 #include <string>
@@ -104,7 +105,15 @@ bool Engine::has_unfinished() const { return scheduler_->has_unfinished(); }
 
 std::vector<StepOutput> Engine::step() {
   if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed earlier: " + failure_);
-  StepPlan plan = scheduler_->schedule();
+  // The RECORD_USER_SCOPEs name the step's phases in torch.profiler traces (bench/host_overhead.py);
+  // they cost one branch each while no profiler runs. The whole step (the logits freed included):
+  at::RecordFunction step_scope(at::RecordScope::USER_SCOPE);
+  if (step_scope.isActive()) step_scope.before("fastpage::engine_step");
+  StepPlan plan;
+  {
+    RECORD_USER_SCOPE("fastpage::schedule");
+    plan = scheduler_->schedule();
+  }
   if (plan.empty()) return {};
 
   // Which flattened token positions need logits: the last one of every sampling chunk, and every
@@ -132,6 +141,7 @@ std::vector<StepOutput> Engine::step() {
   }
   at::Tensor logits;
   try {
+    RECORD_USER_SCOPE("fastpage::execute");
     if (control_) control_->send_step(plan, logits_indices);
     logits = runner_->execute(plan, logits_indices);
   } catch (const std::runtime_error& e) {
@@ -175,14 +185,28 @@ std::vector<StepOutput> Engine::step() {
   }
   if (rows.empty()) return outputs;
 
-  SampleResult sampled = sampler_.sample(logits, rows);
-  num_generation_tokens_ += static_cast<int64_t>(rows.size());
-  std::vector<SampledToken> tokens(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    tokens[r] = SampledToken{to_sample[r].first, sampled.tokens[r], sampled.logprobs[r].logprob};
+  SampleResult sampled;
+  {
+    RECORD_USER_SCOPE("fastpage::sample");
+    sampled = sampler_.sample(logits, rows);
   }
+  {
+    // On the CPU, freeing [rows, vocab] float32 logits is an munmap that costs tens of ms at large
+    // batches (e.g. 256 x 128k: ~40 ms); named, so a profile tells it from the rest.
+    RECORD_USER_SCOPE("fastpage::release_logits");
+    logits = at::Tensor();
+  }
+  num_generation_tokens_ += static_cast<int64_t>(rows.size());
   std::unordered_map<int64_t, FinishedSeq> finished;
-  for (const FinishedSeq& f : scheduler_->update(tokens)) finished.emplace(f.seq_id, f);
+  {
+    RECORD_USER_SCOPE("fastpage::update");
+    std::vector<SampledToken> tokens(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      tokens[r] = SampledToken{to_sample[r].first, sampled.tokens[r], sampled.logprobs[r].logprob};
+    }
+    for (const FinishedSeq& f : scheduler_->update(tokens)) finished.emplace(f.seq_id, f);
+  }
+  RECORD_USER_SCOPE("fastpage::step_outputs");
 
   outputs.reserve(rows.size());
   for (size_t r = 0; r < rows.size(); ++r) {

@@ -1,6 +1,7 @@
 #include "fastpage/model_runner.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/ScalarType.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -55,6 +56,30 @@ void check_plan(const StepPlan& plan, const std::vector<int64_t>& logits_indices
   for (int64_t index : logits_indices) {
     expect(index >= 0 && index < static_cast<int64_t>(num_tokens), "logits index out of range");
   }
+}
+
+// The plan's per-token and per-sequence inputs on `device`: two transfers per step (int32 and int64
+// inputs), queued without waiting for the device.
+ForwardInputs upload_inputs(const StepPlan& plan, const std::vector<int64_t>& logits_indices, c10::Device device) {
+  const int64_t num_seqs = static_cast<int64_t>(plan.seqs.size());
+  const std::vector<at::Tensor> ints = upload<int32_t>(
+      {part(plan.input_ids), part(plan.positions), part(plan.query_start_loc), part(plan.context_lens),
+       part(plan.block_tables)},
+      device);
+  const std::vector<at::Tensor> longs = upload<int64_t>({part(plan.slot_mapping), part(logits_indices)}, device);
+  ForwardInputs in;
+  in.input_ids = ints[0];
+  in.positions = ints[1];
+  in.query_start_loc = ints[2];
+  in.context_lens = ints[3];
+  in.block_tables = ints[4].view({num_seqs, plan.max_blocks_per_seq});
+  in.slot_mapping = longs[0];
+  in.logits_indices = longs[1];
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    in.max_query_len = std::max<int64_t>(in.max_query_len, plan.query_start_loc[s + 1] - plan.query_start_loc[s]);
+    in.max_context_len = std::max<int64_t>(in.max_context_len, plan.context_lens[s]);
+  }
+  return in;
 }
 
 // The model as this rank's KV cache and memory estimate see it: its layers and heads only.
@@ -161,24 +186,10 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
 // back to rank 0. No micro-batches: one stage works at a time.
 at::Tensor ModelRunner::run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
   const int64_t num_tokens = plan.num_tokens();
-  const int64_t num_seqs = static_cast<int64_t>(plan.seqs.size());
-  // Two transfers per step (int32 and int64 inputs), queued without waiting for the device.
-  const std::vector<at::Tensor> ints = upload<int32_t>(
-      {part(plan.input_ids), part(plan.positions), part(plan.query_start_loc), part(plan.context_lens),
-       part(plan.block_tables)},
-      device_);
-  const std::vector<at::Tensor> longs = upload<int64_t>({part(plan.slot_mapping), part(logits_indices)}, device_);
   ForwardInputs in;
-  in.input_ids = ints[0];
-  in.positions = ints[1];
-  in.query_start_loc = ints[2];
-  in.context_lens = ints[3];
-  in.block_tables = ints[4].view({num_seqs, plan.max_blocks_per_seq});
-  in.slot_mapping = longs[0];
-  in.logits_indices = longs[1];
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    in.max_query_len = std::max<int64_t>(in.max_query_len, plan.query_start_loc[s + 1] - plan.query_start_loc[s]);
-    in.max_context_len = std::max<int64_t>(in.max_context_len, plan.context_lens[s]);
+  {
+    RECORD_USER_SCOPE("fastpage::prepare_inputs");
+    in = upload_inputs(plan, logits_indices, device_);
   }
   at::Tensor stage_input;
   if (!shard_.first_stage()) {
@@ -186,7 +197,11 @@ at::Tensor ModelRunner::run_stage(const StepPlan& plan, const std::vector<int64_
                             at::TensorOptions().dtype(dtype_).device(device_));
     pp_group_->recv(stage_input, shard_.pp_rank - 1);
   }
-  at::Tensor out = model_->forward(in, *kv_cache_, stage_input);
+  at::Tensor out;
+  {
+    RECORD_USER_SCOPE("fastpage::forward");
+    out = model_->forward(in, *kv_cache_, stage_input);
+  }
   if (!pp_group_) return out;
   if (!shard_.last_stage()) {
     pp_group_->send(out, shard_.pp_rank + 1);

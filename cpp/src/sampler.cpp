@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/argmax.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -115,8 +116,11 @@ SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<Samp
   const at::Tensor logits = logits_in.is_cpu() ? cpu_float_logits(logits_in) : logits_in;
   SampleResult result;
   result.tokens.resize(rows.size());
-  sample_plain_greedy(logits, rows, plain_greedy, result.tokens);
-  sample_processed(logits, rows, processed, result.tokens);
+  {
+    RECORD_USER_SCOPE("fastpage::sample_kernels");  // the draws themselves, apart from the bookkeeping
+    sample_plain_greedy(logits, rows, plain_greedy, result.tokens);
+    sample_processed(logits, rows, processed, result.tokens);
+  }
 
   result.logprobs.resize(rows.size());
   std::vector<sampling::LogprobsRequest> requests;
