@@ -5,9 +5,9 @@ takes ~15-20 ms of GPU time; everything else the step does on the host (scheduli
 copying the inputs, sampling bookkeeping, appending tokens, stop checks, detokenization, Python
 output handling) leaves the GPU idle, because the step waits for the sampled ids. This script runs
 the same call path as bench/device/throughput_gpu.py (LLM.generate's loop over LLMEngine.step,
-greedy, ignore_eos, detokenize=False; optionally detokenize=True as a server would) on a
-2-layer, hidden-64 Llama with Llama 3's vocabulary (128,256), so the model's own work is small and
-the host work shows.
+greedy, ignore_eos, detokenize=False, final outputs only; and detokenize=True with an output every
+step, as a server streaming every request would) on a 2-layer, hidden-64 Llama with Llama 3's
+vocabulary (128,256), so the model's own work is small and the host work shows.
 
 Per step it reports the wall time and splits it, in the same window, with torch.profiler scopes that the C++ engine
 names (fastpage::schedule, fastpage::prepare_inputs, fastpage::forward, fastpage::sample,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import os
 import platform
@@ -85,7 +86,7 @@ def run_steps(llm_engine, num_steps: int, finished: dict) -> None:
 
 
 def measure(path: str, batch: int, args, detokenize: bool) -> dict:
-    from fastpage import LLM, SamplingParams
+    from fastpage import LLM, SamplingParams, sampling_params
 
     prompts = prompts_for(batch, args.min_context, args.max_context)
     num_blocks = sum((len(p) + args.max_tokens + 15) // 16 for p in prompts) + 64
@@ -93,6 +94,10 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
               max_num_batched_tokens=16384, num_gpu_blocks_override=num_blocks, enforce_eager=True)
     engine = llm.llm_engine
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=detokenize)
+    if not detokenize and hasattr(sampling_params, "RequestOutputKind"):
+        # What LLM.generate submits (since it asks for final outputs only); the detokenizing rows
+        # stand for a server streaming every request: per-step cumulative outputs.
+        params = dataclasses.replace(params, output_kind=sampling_params.RequestOutputKind.FINAL_ONLY)
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), {"prompt_token_ids": prompt}, params)
     finished: dict = {}
@@ -139,7 +144,7 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
     scheduled = (scopes["schedule"] + scopes["execute"] + scopes["sample"] + scopes["release_logits"] + scopes["update"]
                  + scopes["step_outputs"])
     row = dict(
-        batch=batch, detokenize=detokenize, steps=args.steps, warmup_steps=args.warmup_steps,
+        batch=batch, detokenize=detokenize, output_kind=str(getattr(params, "output_kind", "CUMULATIVE")), steps=args.steps, warmup_steps=args.warmup_steps,
         contexts=[args.min_context, args.max_context], warmup_seconds=round(warm_s, 1),
         wall_ms_per_step=wall_ms,
         model_and_sampling_kernels_ms=device_work_ms,  # and the CPU-only release of the logits
