@@ -66,11 +66,13 @@ class TimedEngine:
     def __init__(self, engine):
         self._engine = engine
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # this thread's CPU time: less sensitive to other jobs on the box
 
     def step(self):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         outputs = self._engine.step()
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - start_cpu
         return outputs
 
     def __getattr__(self, name):
@@ -113,9 +115,10 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
     timed = TimedEngine(engine.engine)
     engine.engine = timed
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         run_steps(engine, args.steps, finished)
         wall = (time.perf_counter() - start) / args.steps
+        python_cpu = (time.thread_time() - start_cpu - timed.cpu_seconds) / args.steps
     in_engine = timed.seconds / args.steps
     engine.engine = timed._engine
     scopes = {name: 0.0 for name in SCOPES}
@@ -162,6 +165,9 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
             binding=engine_ms - scopes["engine_step"],
             python_output_processing=wall_ms - engine_ms,
         ),
+        # The same Python part as CPU time of the stepping thread (wall time above grows with the
+        # box's load; this much less).
+        python_output_processing_cpu_ms=python_cpu * 1e3,
         profiled_scopes_ms=scopes,
         python_top_tottime=[dict(function=f, ms_per_step=t * 1e3 / args.steps, calls_per_step=n / args.steps,
                                  cum_ms_per_step=c * 1e3 / args.steps) for t, f, n, c in python_top[:12]],
@@ -200,7 +206,8 @@ def main() -> None:
             b = row["breakdown_ms"]
             print(f"batch {batch} detokenize={detokenize}: wall {row['wall_ms_per_step']:.2f} ms/step, model+kernels "
                   f"{row['model_and_sampling_kernels_ms']:.2f}, host {row['host_overhead_ms']:.2f} = "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in b.items()), flush=True)
+                  + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+                  + f"; python CPU time {row['python_output_processing_cpu_ms']:.2f}", flush=True)
             for entry in row["python_top_tottime"][:8]:
                 print(f"    {entry['ms_per_step']:7.3f} ms  {entry['function']}")
     if args.out:

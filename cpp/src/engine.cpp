@@ -170,9 +170,13 @@ std::vector<StepOutput> Engine::step() {
   }
   std::vector<SamplingRow> rows;
   rows.reserve(to_sample.size());
+  // Looked up once per row (each lookup takes the scheduler's lock); valid until the next schedule().
+  std::vector<std::pair<const Sequence*, const Request*>> row_owners;
+  row_owners.reserve(to_sample.size());
   for (const auto& [seq_id, logits_row] : to_sample) {
     const Sequence& seq = scheduler_->sequence(seq_id);
     const Request& req = scheduler_->request_of(seq_id);
+    row_owners.emplace_back(&seq, &req);
     SamplingRow row;
     row.logits_row = logits_row;
     row.params = &req.params;
@@ -210,8 +214,8 @@ std::vector<StepOutput> Engine::step() {
 
   outputs.reserve(rows.size());
   for (size_t r = 0; r < rows.size(); ++r) {
-    const Sequence& seq = scheduler_->sequence(to_sample[r].first);
-    const Request& req = scheduler_->request_of(to_sample[r].first);
+    const Sequence& seq = *row_owners[r].first;
+    const Request& req = *row_owners[r].second;
     StepOutput out;
     out.request_id = req.request_id;
     out.seq_index = seq.index;
