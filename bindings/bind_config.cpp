@@ -24,6 +24,10 @@ void bind_config(py::module_& m) {
       .value("Rotary", PositionType::Rotary)
       .value("Learned", PositionType::Learned)
       .finalize();
+  py::native_enum<KVCacheDtype>(m, "KVCacheDtype", "enum.Enum")
+      .value("Auto", KVCacheDtype::Auto)
+      .value("Fp8E4M3", KVCacheDtype::Fp8E4M3)
+      .finalize();
 
   py::class_<ModelConfig>(m, "ModelConfig")
       .def(py::init<>())
@@ -75,6 +79,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("kv_cache_memory_bytes", &EngineConfig::kv_cache_memory_bytes)
       .def_readwrite("swap_space_bytes", &EngineConfig::swap_space_bytes)
+      .def_readwrite("kv_cache_dtype", &EngineConfig::kv_cache_dtype)
       .def_readwrite("max_num_seqs", &EngineConfig::max_num_seqs)
       .def_readwrite("max_num_batched_tokens", &EngineConfig::max_num_batched_tokens)
       .def_readwrite("max_model_len", &EngineConfig::max_model_len)

@@ -11,6 +11,11 @@
 //
 // Fallback kernel (any float type, head_dim <= 256): one warp per (token, query head), for float32
 // and odd head sizes.
+//
+// The cache holds the query's type or float8_e4m3fn (kv_cache_dtype="fp8", scale 1.0). With fp8, the
+// tensor-core kernel streams 16-byte chunks of 16 e4m3 values into the pipeline stages (half the
+// bytes of bf16), and each iteration first converts its stage into bf16/fp16 tiles in shared memory
+// (hardware cvt e4m3x2 -> f16x2), which the MMAs then read as in the 16-bit path.
 #pragma once
 #include "common.cuh"
 
@@ -96,28 +101,39 @@ __device__ __forceinline__ float safe_max(float m) { return m == -INFINITY ? 0.f
 
 // ---- tensor-core kernel ---------------------------------------------------------------------------
 
-template <int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+// CACHE_BYTES: bytes of a cache element, 2 (the query's 16-bit type) or 1 (float8_e4m3fn).
+template <int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int CACHE_BYTES>
 struct MmaConfig {
   static_assert(WARPS_M * WARPS_N == 4 && HEAD_DIM % 16 == 0 && BLOCK_N % 16 == 0);
+  static constexpr bool kFp8 = CACHE_BYTES == 1;
   static constexpr int kThreads = 128;
   static constexpr int kRows = 16 * WARPS_M;   // query rows per block
-  static constexpr int kLds = HEAD_DIM + 8;    // smem row pitch (elements): conflict-free ldmatrix
+  static constexpr int kLds = HEAD_DIM + 8;    // 16-bit tile row pitch (elements): conflict-free ldmatrix
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
-  static constexpr int kStages = 2;                                             // cp.async pipeline depth
-  static constexpr int kStageElems = 2 * WARPS_N * kTileElems;                  // K and V tiles of one stage
-  static constexpr int kTileBytes = kStages * kStageElems * 2;
+  static constexpr int kStages = 2;            // cp.async pipeline depth
+  // Stages hold cache elements. 16-bit: the MMA tiles themselves. fp8: unpadded rows (8 threads read
+  // a 128-byte span when converting), converted into one set of 16-bit tiles after them.
+  static constexpr int kCacheLds = kFp8 ? HEAD_DIM : kLds;
+  static constexpr int kCacheTileElems = BLOCK_N * kCacheLds;
+  static constexpr int kStageElems = 2 * WARPS_N * kCacheTileElems;             // K and V tiles of one stage
+  static constexpr int kStagingBytes = kStages * kStageElems * CACHE_BYTES;
+  static constexpr int kConvertedBytes = kFp8 ? 2 * WARPS_N * kTileElems * 2 : 0;
+  static constexpr int kTileBytes = kStagingBytes + kConvertedBytes;
   static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
   static constexpr int kSmemBytes = kTileBytes > kEpilogueBytes ? kTileBytes : kEpilogueBytes;
+  static_assert(kStagingBytes % 16 == 0);
 };
 
-template <typename T, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
 __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const AttentionParams p) {
-  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N>;
+  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
+  static_assert(std::is_same_v<C, T> || std::is_same_v<C, __nv_fp8_e4m3>);
   constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds;
   constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
   extern __shared__ uint4 smem_raw[];
-  T* smem = reinterpret_cast<T*>(smem_raw);
+  C* staging = reinterpret_cast<C*>(smem_raw);
+  T* converted = reinterpret_cast<T*>(reinterpret_cast<char*>(smem_raw) + Cfg::kStagingBytes);  // fp8 only
 
   const int seq = blockIdx.x / p.num_m_tiles, m_tile = blockIdx.x % p.num_m_tiles;
   const int kv_head = blockIdx.y, split = blockIdx.z;
@@ -167,18 +183,19 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
-  const T* k_cache = static_cast<const T*>(p.key_cache);
-  const T* v_cache = static_cast<const T*>(p.value_cache);
+  const C* k_cache = static_cast<const C*>(p.key_cache);
+  const C* v_cache = static_cast<const C*>(p.value_cache);
   const int* block_table = p.block_tables + seq * p.block_table_stride;
   const int64_t head_offset = kv_head * p.cache_head_stride;
   // Iteration `it` covers tokens [it * kTokensPerIter, +kTokensPerIter): one BLOCK_N tile per warp
   // column, K and V, loaded by the whole block into pipeline stage `stage` (positions past kv_end
   // are zero-filled, so no stale or poisoned value reaches P @ V).
   auto load_iteration = [&](int it, int stage) {
-    constexpr int kChunksPerRow = HEAD_DIM / 8;  // 16-byte chunks
+    constexpr int kElemsPerChunk = 16 / sizeof(C);  // 16-byte chunks: 8 bf16/fp16 or 16 e4m3
+    constexpr int kChunksPerRow = HEAD_DIM / kElemsPerChunk;
     constexpr int kChunks = WARPS_N * BLOCK_N * kChunksPerRow;
-    T* k_base = smem + stage * Cfg::kStageElems;
-    T* v_base = k_base + WARPS_N * Cfg::kTileElems;
+    C* k_base = staging + stage * Cfg::kStageElems;
+    C* v_base = k_base + WARPS_N * Cfg::kCacheTileElems;
     for (int c = tid; c < kChunks; c += Cfg::kThreads) {
       const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;  // row = w * BLOCK_N + token
       const int pos = it * Cfg::kTokensPerIter + row;
@@ -186,10 +203,24 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       int64_t offset = 0;
       if (valid) {
         offset = static_cast<int64_t>(block_table[pos / p.block_size]) * p.cache_block_stride +
-                 (pos % p.block_size) * p.cache_slot_stride + head_offset + chunk * 8;
+                 (pos % p.block_size) * p.cache_slot_stride + head_offset + chunk * kElemsPerChunk;
       }
-      cp_async_16(k_base + row * kLds + chunk * 8, k_cache + offset, valid);
-      cp_async_16(v_base + row * kLds + chunk * 8, v_cache + offset, valid);
+      cp_async_16(k_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, k_cache + offset, valid);
+      cp_async_16(v_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, v_cache + offset, valid);
+    }
+  };
+  // fp8: converts a stage's K and V rows (K rows, then V rows, in both layouts) into the 16-bit tiles,
+  // 8 elements a thread: 8-byte reads and 16-byte writes, each contiguous over neighbouring threads.
+  auto convert_stage = [&](int stage) {
+    constexpr int kPiecesPerRow = HEAD_DIM / 8;
+    constexpr int kPieces = 2 * WARPS_N * BLOCK_N * kPiecesPerRow;
+    const C* src = staging + stage * Cfg::kStageElems;
+    for (int c = tid; c < kPieces; c += Cfg::kThreads) {
+      const int row = c / kPiecesPerRow, piece = c % kPiecesPerRow;
+      const uint2 raw = *reinterpret_cast<const uint2*>(src + row * Cfg::kCacheLds + piece * 8);
+      const uint4 out = {fp8x2_to_packed<T>(raw.x & 0xffffu), fp8x2_to_packed<T>(raw.x >> 16),
+                         fp8x2_to_packed<T>(raw.y & 0xffffu), fp8x2_to_packed<T>(raw.y >> 16)};
+      *reinterpret_cast<uint4*>(converted + row * kLds + piece * 8) = out;
     }
   };
 
@@ -203,7 +234,15 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const T* k_tile = smem + stage * Cfg::kStageElems + wn * Cfg::kTileElems;
+    const T* tiles;  // this iteration's K tiles, then its V tiles, [WARPS_N][BLOCK_N][kLds] each
+    if constexpr (Cfg::kFp8) {
+      convert_stage(stage);
+      __syncthreads();
+      tiles = converted;
+    } else {
+      tiles = staging + stage * Cfg::kStageElems;
+    }
+    const T* k_tile = tiles + wn * Cfg::kTileElems;
     const T* v_tile = k_tile + WARPS_N * Cfg::kTileElems;
     const int kv0 = it * Cfg::kTokensPerIter + wn * BLOCK_N;  // this warp's tile
     const bool active = kv0 < kv_end;
@@ -354,7 +393,7 @@ __global__ void merge_splits_kernel(const AttentionParams p) {
 // ---- fallback kernel ----------------------------------------------------------------------------
 
 // One warp per (token, query head); lanes hold head dims lane, lane + 32, ... (head_dim <= 256).
-template <typename T>
+template <typename T, typename C>
 __global__ void paged_attention_fallback_kernel(const AttentionParams p) {
   constexpr int kMaxPerLane = 8;
   const int lane = threadIdx.x % 32;
@@ -380,8 +419,8 @@ __global__ void paged_attention_fallback_kernel(const AttentionParams p) {
     qv[i] = d < p.head_dim ? to_float(q[d]) : 0.f;
     acc[i] = 0.f;
   }
-  const T* k_cache = static_cast<const T*>(p.key_cache);
-  const T* v_cache = static_cast<const T*>(p.value_cache);
+  const C* k_cache = static_cast<const C*>(p.key_cache);
+  const C* v_cache = static_cast<const C*>(p.value_cache);
   const int* block_table = p.block_tables + seq * p.block_table_stride;
   float m = -INFINITY, sum = 0.f;
   for (int pos = 0; pos <= q_pos; ++pos) {

@@ -33,9 +33,8 @@ void check_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tens
   check_dim(block_tables, 2, kOp, "block_tables");
   TORCH_CHECK(out.sizes() == query.sizes(), kOp, ": out shape ", out.sizes(), " != query shape ",
                     query.sizes());
-  for (auto [t, name] : {std::pair{&out, "out"}, {&key_cache, "key_cache"}, {&value_cache, "value_cache"}}) {
-    check_dtype(*t, query.scalar_type(), kOp, name);
-  }
+  check_dtype(out, query.scalar_type(), kOp, "out");
+  check_kv_cache_dtype(key_cache, value_cache, query.scalar_type(), kOp);
   for (auto [t, name] : {std::pair{&query_start_loc, "query_start_loc"}, {&context_lens, "context_lens"},
                          {&block_tables, "block_tables"}}) {
     TORCH_CHECK(t->scalar_type() == at::kInt, kOp, ": ", name, " must be int32, got ", t->scalar_type());
@@ -92,23 +91,26 @@ AttentionParams make_params(const at::Tensor& out, const at::Tensor& query, cons
   return p;
 }
 
-// The tensor-core kernel needs 4-byte query/out rows and 16-byte cache rows (cp.async).
+// The tensor-core kernel needs 4-byte query/out rows and 16-byte cache rows (cp.async), whatever the
+// cache's element size.
 bool mma_supported(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                    const at::Tensor& value_cache) {
   const int64_t head_dim = query.size(2);
   const bool half_type = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
   const bool even = query.stride(0) % 2 == 0 && query.stride(1) % 2 == 0 &&
                     reinterpret_cast<uintptr_t>(query.data_ptr()) % 4 == 0;
-  const bool cache16 = key_cache.stride(0) % 8 == 0 && key_cache.stride(1) % 8 == 0 && key_cache.stride(2) % 8 == 0 &&
-                       is_aligned16(key_cache.data_ptr()) && is_aligned16(value_cache.data_ptr());
+  const int64_t es = key_cache.element_size();
+  const bool cache16 = (key_cache.stride(0) * es) % 16 == 0 && (key_cache.stride(1) * es) % 16 == 0 &&
+                       (key_cache.stride(2) * es) % 16 == 0 && is_aligned16(key_cache.data_ptr()) &&
+                       is_aligned16(value_cache.data_ptr());
   return half_type && (head_dim == 64 || head_dim == 128) && even && cache16;
 }
 
-template <typename T, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
 void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_len, int64_t max_context_len,
                 cudaStream_t stream) {
-  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N>;
-  auto kernel = paged_attention_mma_kernel<T, HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N>;
+  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
+  auto kernel = paged_attention_mma_kernel<T, C, HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N>;
   static const int blocks_per_sm = [&] {  // once per kernel: raise the smem limit, ask the occupancy
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     int n = 0;
@@ -148,14 +150,14 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   }
 }
 
-template <typename T, int HEAD_DIM>
+template <typename T, typename C, int HEAD_DIM>
 void launch_mma_shape(const AttentionParams& p, const at::Tensor& query, int64_t max_query_len,
                       int64_t max_context_len, cudaStream_t stream) {
   if (max_query_len <= 1) {
     // Decode: one row tile (the group's query heads), four warps over the context.
-    launch_mma<T, HEAD_DIM, 1, 4, 16>(p, query, max_query_len, max_context_len, stream);
+    launch_mma<T, C, HEAD_DIM, 1, 4, 16>(p, query, max_query_len, max_context_len, stream);
   } else {
-    launch_mma<T, HEAD_DIM, 4, 1, 64>(p, query, max_query_len, max_context_len, stream);
+    launch_mma<T, C, HEAD_DIM, 4, 1, 64>(p, query, max_query_len, max_context_len, stream);
   }
 }
 
@@ -171,19 +173,21 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
   const AttentionParams p =
       make_params(out, query, key_cache, value_cache, query_start_loc, context_lens, block_tables, scale);
   dispatch_float_types(query.scalar_type(), kOp, [&]<typename T>() {
-    if constexpr (!std::is_same_v<T, float>) {
-      if (mma_supported(out, query, key_cache, value_cache)) {
-        if (p.head_dim == 64) launch_mma_shape<T, 64>(p, query, max_query_len, max_context_len, stream);
-        else launch_mma_shape<T, 128>(p, query, max_query_len, max_context_len, stream);
-        return;
+    dispatch_cache_types<T>(key_cache.scalar_type(), kOp, [&]<typename C>() {
+      if constexpr (!std::is_same_v<T, float>) {
+        if (mma_supported(out, query, key_cache, value_cache)) {
+          if (p.head_dim == 64) launch_mma_shape<T, C, 64>(p, query, max_query_len, max_context_len, stream);
+          else launch_mma_shape<T, C, 128>(p, query, max_query_len, max_context_len, stream);
+          return;
+        }
       }
-    }
-    TORCH_CHECK(p.head_dim <= 256, kOp, ": head_dim ", p.head_dim, " > 256 is not supported");
-    constexpr int kWarps = 4;
-    const int64_t items = static_cast<int64_t>(p.num_tokens) * p.num_heads;
-    paged_attention_fallback_kernel<T>
-        <<<grid_size((items + kWarps - 1) / kWarps, kOp), 32 * kWarps, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+      TORCH_CHECK(p.head_dim <= 256, kOp, ": head_dim ", p.head_dim, " > 256 is not supported");
+      constexpr int kWarps = 4;
+      const int64_t items = static_cast<int64_t>(p.num_tokens) * p.num_heads;
+      paged_attention_fallback_kernel<T, C>
+          <<<grid_size((items + kWarps - 1) / kWarps, kOp), 32 * kWarps, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

@@ -6,10 +6,28 @@ namespace fastpage::cuda {
 
 // One thread block per new token: key/value [num_tokens, num_kv_heads, head_dim] (token stride free,
 // heads contiguous) -> cache [num_blocks, block_size, num_kv_heads, head_dim] (strides from the cache).
-// VEC elements move per access (VEC = 1 or a 16-byte vector).
-template <typename T, typename Index, int VEC>
+// VEC elements move per access (VEC = 1 or a 16-byte vector of T). C is T (a copy) or __nv_fp8_e4m3
+// (a saturating cast, scale 1.0: a 16-byte load of T becomes a VEC-byte store).
+template <typename T, typename C, int VEC>
+__device__ __forceinline__ void store_cache_vec(C* dst, const T* src) {
+  if constexpr (std::is_same_v<C, T>) {
+    if constexpr (VEC == 1) *dst = *src;
+    else *reinterpret_cast<Vec16<T>*>(dst) = *reinterpret_cast<const Vec16<T>*>(src);
+  } else if constexpr (VEC == 1) {
+    *reinterpret_cast<__nv_fp8_storage_t*>(dst) =
+        __nv_cvt_float_to_fp8(to_float(*src), __NV_SATFINITE, __NV_E4M3);
+  } else {
+    const Vec16<T> in = *reinterpret_cast<const Vec16<T>*>(src);
+    struct alignas(VEC) Bytes { __nv_fp8x2_storage_t v[VEC / 2]; } out;
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) out.v[i] = float2_to_fp8x2(to_float(in.v[2 * i]), to_float(in.v[2 * i + 1]));
+    *reinterpret_cast<Bytes*>(dst) = out;
+  }
+}
+
+template <typename T, typename C, typename Index, int VEC>
 __global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __restrict__ value,
-                                         T* __restrict__ key_cache, T* __restrict__ value_cache,
+                                         C* __restrict__ key_cache, C* __restrict__ value_cache,
                                          const Index* __restrict__ slot_mapping, int64_t key_token_stride,
                                          int64_t value_token_stride, int64_t block_stride,
                                          int64_t slot_stride, int64_t head_stride, int block_size,
@@ -20,19 +38,12 @@ __global__ void reshape_and_cache_kernel(const T* __restrict__ key, const T* __r
   const int64_t cache_offset = (slot / block_size) * block_stride + (slot % block_size) * slot_stride;
   const int vecs_per_head = head_dim / VEC;
   const int num_vecs = num_kv_heads * vecs_per_head;
-  using V = Vec16<T>;
   for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
     const int head = i / vecs_per_head, d = (i % vecs_per_head) * VEC;
     const int64_t src = static_cast<int64_t>(head) * head_dim + d;
     const int64_t dst = cache_offset + head * head_stride + d;
-    if constexpr (VEC == 1) {
-      key_cache[dst] = key[token * key_token_stride + src];
-      value_cache[dst] = value[token * value_token_stride + src];
-    } else {
-      *reinterpret_cast<V*>(key_cache + dst) = *reinterpret_cast<const V*>(key + token * key_token_stride + src);
-      *reinterpret_cast<V*>(value_cache + dst) =
-          *reinterpret_cast<const V*>(value + token * value_token_stride + src);
-    }
+    store_cache_vec<T, C, VEC>(key_cache + dst, key + token * key_token_stride + src);
+    store_cache_vec<T, C, VEC>(value_cache + dst, value + token * value_token_stride + src);
   }
 }
 

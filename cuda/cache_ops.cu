@@ -41,39 +41,43 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
   TORCH_CHECK(key_cache.size(2) == num_kv_heads && key_cache.size(3) == head_dim, op,
                     ": key_cache [num_blocks, block_size, ", num_kv_heads, ", ", head_dim, "] expected, got ",
                     key_cache.sizes());
+  check_dtype(value, key.scalar_type(), op, "value");
+  check_kv_cache_dtype(key_cache, value_cache, key.scalar_type(), op);
   for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}}) {
-    check_dtype(*t, key_cache.scalar_type(), op, name);
     TORCH_CHECK(contiguous_from(*t, 1), op, ": ", name, " must be contiguous within a token");
   }
-  check_dtype(value_cache, key_cache.scalar_type(), op, "value_cache");
   TORCH_CHECK(key_cache.stride(3) == 1, op, ": key_cache head_dim must be contiguous");
   if (num_tokens == 0) return;
 
   const c10::cuda::CUDAGuard guard(key_cache.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto slots = slot_mapping.contiguous();
-  dispatch_float_types(key_cache.scalar_type(), op, [&]<typename T>() {
-    dispatch_index_types(slots, op, "slot_mapping", [&]<typename I>() {
-      constexpr int kVec = Vec16<T>::kSize;
-      const int64_t es = sizeof(T);
-      const bool vec_ok = head_dim % kVec == 0 && is_aligned16(key.data_ptr()) &&
-                          is_aligned16(value.data_ptr()) && is_aligned16(key_cache.data_ptr()) &&
-                          is_aligned16(value_cache.data_ptr()) && (key.stride(0) * es) % 16 == 0 &&
-                          (value.stride(0) * es) % 16 == 0 && (key_cache.stride(0) * es) % 16 == 0 &&
-                          (key_cache.stride(1) * es) % 16 == 0 && (key_cache.stride(2) * es) % 16 == 0;
-      const int vec = vec_ok ? kVec : 1;
-      const int threads = static_cast<int>(std::min<int64_t>(512, (num_kv_heads * head_dim / vec + 31) / 32 * 32));
-      auto launch = [&](auto kernel) {
-        kernel<<<grid_size(num_tokens, op), threads, 0, stream>>>(
-            static_cast<const T*>(key.data_ptr()), static_cast<const T*>(value.data_ptr()),
-            static_cast<T*>(key_cache.data_ptr()), static_cast<T*>(value_cache.data_ptr()),
-            slots.data_ptr<I>(), key.stride(0), value.stride(0), key_cache.stride(0), key_cache.stride(1),
-            key_cache.stride(2), static_cast<int>(key_cache.size(1)), static_cast<int>(num_kv_heads),
-            static_cast<int>(head_dim));
-      };
-      if (vec_ok) launch(reshape_and_cache_kernel<T, I, kVec>);
-      else launch(reshape_and_cache_kernel<T, I, 1>);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_float_types(key.scalar_type(), op, [&]<typename T>() {
+    dispatch_cache_types<T>(key_cache.scalar_type(), op, [&]<typename C>() {
+      dispatch_index_types(slots, op, "slot_mapping", [&]<typename I>() {
+        // VEC elements of T are read per access (16 bytes) and VEC elements of C written.
+        constexpr int kVec = Vec16<T>::kSize;
+        const int64_t es = sizeof(T), cs = sizeof(C), cache_align = kVec * cs;
+        const auto aligned = [](const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+        const bool vec_ok = head_dim % kVec == 0 && is_aligned16(key.data_ptr()) &&
+                            is_aligned16(value.data_ptr()) && aligned(key_cache.data_ptr(), cache_align) &&
+                            aligned(value_cache.data_ptr(), cache_align) && (key.stride(0) * es) % 16 == 0 &&
+                            (value.stride(0) * es) % 16 == 0 && (key_cache.stride(0) * cs) % cache_align == 0 &&
+                            (key_cache.stride(1) * cs) % cache_align == 0 && (key_cache.stride(2) * cs) % cache_align == 0;
+        const int vec = vec_ok ? kVec : 1;
+        const int threads = static_cast<int>(std::min<int64_t>(512, (num_kv_heads * head_dim / vec + 31) / 32 * 32));
+        auto launch = [&](auto kernel) {
+          kernel<<<grid_size(num_tokens, op), threads, 0, stream>>>(
+              static_cast<const T*>(key.data_ptr()), static_cast<const T*>(value.data_ptr()),
+              static_cast<C*>(key_cache.data_ptr()), static_cast<C*>(value_cache.data_ptr()),
+              slots.data_ptr<I>(), key.stride(0), value.stride(0), key_cache.stride(0), key_cache.stride(1),
+              key_cache.stride(2), static_cast<int>(key_cache.size(1)), static_cast<int>(num_kv_heads),
+              static_cast<int>(head_dim));
+        };
+        if (vec_ok) launch(reshape_and_cache_kernel<T, C, I, kVec>);
+        else launch(reshape_and_cache_kernel<T, C, I, 1>);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
 }

@@ -6,8 +6,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 namespace fastpage::cuda {
 
@@ -21,6 +24,9 @@ template <>
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 template <>
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <>
+__device__ __forceinline__ float to_float(__nv_fp8_e4m3 x) { return static_cast<float>(x); }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
@@ -50,6 +56,35 @@ void dispatch_index_types(const at::Tensor& t, const char* op, const char* name,
     case at::kLong: fn.template operator()<int64_t>(); break;
     default: TORCH_CHECK(false, op, ": ", name, " must be int32 or int64, got ", t.scalar_type());
   }
+}
+
+// ---- float8_e4m3fn KV cache (kv_cache_dtype="fp8", scale 1.0) ------------------------------------
+
+// Two e4m3 values (low byte first) -> two T packed in 32 bits (bf16/fp16; e4m3 is exact in both):
+// one cvt to f16x2, and for bf16 through float2.
+template <typename T>
+__device__ __forceinline__ uint32_t fp8x2_to_packed(__nv_fp8x2_storage_t x) {
+  const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(x, __NV_E4M3));
+  if constexpr (std::is_same_v<T, __half>) {
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    static_assert(std::is_same_v<T, __nv_bfloat16>);
+    const __nv_bfloat162 b = __float22bfloat162_rn(__half22float2(h));
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
+}
+
+// Two floats -> two e4m3 values, round to nearest even, saturating to +-448 (NaN stays NaN).
+__device__ __forceinline__ __nv_fp8x2_storage_t float2_to_fp8x2(float lo, float hi) {
+  return __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
+}
+
+// Calls fn.template operator()<C>() with C the CUDA type of a KV cache of `cache_dtype` for queries of
+// type T: T itself, or __nv_fp8_e4m3 for a float8_e4m3fn cache.
+template <typename T, typename Fn>
+void dispatch_cache_types(at::ScalarType cache_dtype, const char* op, Fn&& fn) {
+  if (cache_dtype == at::kFloat8_e4m3fn) fn.template operator()<__nv_fp8_e4m3>();
+  else fn.template operator()<T>();
 }
 
 // ---- 16-byte vectors ----------------------------------------------------------------------------
@@ -100,6 +135,16 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* o
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
   TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", t.dim());
+}
+
+// The caches hold `dtype` (the query's or the new keys') or float8_e4m3fn, the same for K and V.
+inline void check_kv_cache_dtype(const at::Tensor& key_cache, const at::Tensor& value_cache, at::ScalarType dtype,
+                                 const char* op) {
+  for (auto [t, name] : {std::pair{&key_cache, "key_cache"}, {&value_cache, "value_cache"}}) {
+    TORCH_CHECK(t->scalar_type() == dtype || t->scalar_type() == at::kFloat8_e4m3fn, op, ": ", name,
+                " must have dtype ", dtype, " or Float8_e4m3fn (kv_cache_dtype=\"fp8\"), got ", t->scalar_type());
+  }
+  check_dtype(value_cache, key_cache.scalar_type(), op, "value_cache");
 }
 
 inline unsigned grid_size(int64_t n, const char* op) {

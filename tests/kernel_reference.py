@@ -26,6 +26,15 @@ def ref_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping):
     return key_cache, value_cache
 
 
+FP8_E4M3_MAX = 448.0
+
+
+def to_fp8_e4m3(x):
+    """vLLM's fp8 KV-cache cast with scale 1.0: saturate to +-448 (a plain cast makes NaN past 464),
+    round to nearest even; NaN stays NaN."""
+    return x.float().clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
 def gather_context(cache, block_table, context_len):
     """The first context_len token rows [context_len, heads, head_dim] of a sequence's paged cache."""
     block_size = cache.shape[1]
@@ -36,7 +45,10 @@ def gather_context(cache, block_table, context_len):
 
 def ref_paged_attention(query, key_cache, value_cache, query_start_loc, context_lens, block_tables, scale):
     """float32 [num_scheduled_tokens, num_heads, head_dim]: causal attention of each sequence's new
-    tokens (the last q_len of its context) over its whole context, grouped-query aware."""
+    tokens (the last q_len of its context) over its whole context, grouped-query aware. fp8 caches
+    are read as the float32 values they hold."""
+    if key_cache.dtype == torch.float8_e4m3fn:
+        key_cache, value_cache = key_cache.float(), value_cache.float()
     num_heads = query.shape[1]
     group = num_heads // key_cache.shape[2]
     starts = query_start_loc.tolist()

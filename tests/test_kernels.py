@@ -346,6 +346,24 @@ def test_small_batch_linear_on_cpu(rows, gen):
         ops.small_batch_linear(torch.empty(65, n), torch.randn(65, k), w, None)
 
 
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_small_batch_linear_silu_and_mul_on_cpu(rows, gen):
+    """The gated MLP's gate_up projection and activation in one op: out = silu(x @ gate.T) * (x @ up.T)
+    with weight = [gate; up] (odd I); out starts as NaN."""
+    intermediate, k = 7, 37
+    x = torch.randn(rows, k, generator=gen)
+    w = torch.randn(2 * intermediate, k, generator=gen)
+    out = torch.full((rows, intermediate), float("nan"))
+    ops.small_batch_linear_silu_and_mul(out, x, w)
+    gate_up = x.double() @ w.double().T
+    expected = (torch.nn.functional.silu(gate_up[:, :intermediate]) * gate_up[:, intermediate:]).float()
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="out must be"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(rows, 2 * intermediate), x, w)
+    with pytest.raises(RuntimeError, match="weight must be"):
+        ops.small_batch_linear_silu_and_mul(out, x, w[1:])
+
+
 # --- bad inputs -----------------------------------------------------------------------------------
 
 
@@ -434,6 +452,7 @@ def test_opcheck_schemas(gen):
         (ops.copy_blocks.default, ([torch.randn(4, 8), torch.randn(4, 8)], torch.tensor([[0, 2]]))),
         (ops.swap_blocks.default, (torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.tensor([[1, 3]]))),
         (ops.small_batch_linear.default, (torch.empty(3, 5), x, torch.randn(5, 64), None)),
+        (ops.small_batch_linear_silu_and_mul.default, (torch.empty(3, 5), x, torch.randn(10, 64))),
         (ops.sample_tokens.default,
          (torch.randn(3, 50), torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0, 5, 0]), torch.tensor([1.0, 1.0, 0.9]),
           torch.zeros(3), torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]))),

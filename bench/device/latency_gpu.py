@@ -74,39 +74,59 @@ def run_fastpage(path: str, prompt: list[int], enforce_eager: bool) -> dict:
                 runs_ms_per_token=[1e3 * sum(t[1:]) / len(t[1:]) for t in runs])
 
 
-def profile_decode(path: str, prompt: list[int], num_steps: int = 4) -> dict:
-    """Eager decode steps under torch.profiler: GPU time per step by kernel, summed over the step,
-    against the step's wall time (the difference is launch gaps and host work)."""
+def profile_decode(path: str, prompt: list[int], enforce_eager: bool, num_steps: int = 4) -> dict:
+    """Decode steps under torch.profiler (graph replays report their kernels too): GPU time per step by
+    kernel, summed over the step, against the step's wall time (the difference is launch gaps, kernel
+    ramp-up and host work)."""
     from torch.profiler import ProfilerActivity, profile
 
     from fastpage import LLM, SamplingParams
 
     llm = LLM(model=path, dtype="bfloat16", max_model_len=2048, max_num_seqs=8, gpu_memory_utilization=0.9,
-              enforce_eager=True)
+              enforce_eager=enforce_eager)
     engine = llm.llm_engine
     engine.add_request("p", {"prompt_token_ids": prompt},
                        SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, detokenize=False))
     for _ in range(8):  # the prefill and a few warm decode steps
         engine.step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for _ in range(num_steps):
             engine.step()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / num_steps
     kernels: dict[str, float] = {}
+    host_phases: dict[str, float] = {}  # the C++ step's named phases (engine.cpp, model_runner.cpp)
+    spans = []
     for event in prof.events():
         if event.device_type.name == "CUDA":
             kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / num_steps
+            spans.append((event.time_range.start, event.time_range.end))
+        elif event.name.startswith("fastpage::"):
+            host_phases[event.name] = host_phases.get(event.name, 0.0) + event.cpu_time_total / num_steps
+    # Idle GPU time between kernels: short gaps are launch/ramp gaps inside a step (a graph replay),
+    # long ones (> 20 us) are the host's turn between steps.
+    spans.sort()
+    inside = between = 0.0
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        gap = next_start - end
+        if gap > 0:
+            if gap > 20:
+                between += gap
+            else:
+                inside += gap
     while engine.has_unfinished_requests():
         engine.step()
     del llm, engine
     gc.collect()
     torch.cuda.empty_cache()
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:20])
-    return dict(engine="fastpage", enforce_eager=True, kind="profile", step_wall_ms=wall * 1e3,
-                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3, top_kernels_us_per_step=top)
+    return dict(engine="fastpage", enforce_eager=enforce_eager, kind="profile", step_wall_ms=wall * 1e3,
+                gpu_busy_ms_per_step=sum(kernels.values()) / 1e3,
+                gpu_gaps_inside_steps_ms_per_step=inside / 1e3 / num_steps,
+                gpu_idle_between_steps_ms_per_step=between / 1e3 / num_steps,
+                host_phases_us_per_step=host_phases, top_kernels_us_per_step=top)
 
 
 @torch.no_grad()
@@ -133,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--path", default="/tmp/fastpage_bench/llama-3-8b")
-    parser.add_argument("--profile", action="store_true", help="also profile eager decode steps by kernel")
+    parser.add_argument("--profile", action="store_true", help="also profile decode steps by kernel, eager and with graphs")
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
 
@@ -168,8 +188,9 @@ def main() -> None:
         rows.append(ours)
         print(json.dumps(ours))
     if args.profile:
-        rows.append({**common, **profile_decode(args.path, prompt)})
-        print(json.dumps(rows[-1], indent=1))
+        for enforce_eager in (True, False):
+            rows.append({**common, **profile_decode(args.path, prompt, enforce_eager)})
+            print(json.dumps(rows[-1], indent=1))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"roofline {roofline_ms:.2f} ms/token ({weights_read / 1e9:.2f} GB weights + {kv_read / 1e6:.0f} MB KV "

@@ -3,8 +3,9 @@ tokens (ignore_eos, greedy), random weights in the Llama-3-8B shape, bf16. No pe
 generate would take hours); the row carries the floor of this workload on this machine instead,
 from the measured copy bandwidth and bf16 matmul rate:
   prefill: 2 x (non-embedding parameters) FLOPs per prompt token + causal attention;
-  decode:  every step reads the weights once, and each sequence's KV cache (context x 128 KiB);
-           at batch B (what the KV cache holds) there are output_tokens / B steps.
+  decode:  every step reads the weights once, and each sequence's KV cache (context x 128 KiB in
+           bf16, 64 KiB with --kv-cache-dtype fp8); at batch B (what the KV cache holds) there are
+           output_tokens / B steps.
 --num-requests scales the workload down (same lengths) when device time is short.
 
 Usage (on the GPU machine): python bench/device/throughput_llama_gpu.py --out results.json
@@ -45,12 +46,13 @@ def matmul_flops_per_s(n: int = 8192) -> float:
     return 2 * n**3 / statistics.median(times[3:])
 
 
-def floor_seconds(config, num_requests: int, batch: int, bandwidth: float, flops: float) -> dict:
+def floor_seconds(config, num_requests: int, batch: int, bandwidth: float, flops: float,
+                  kv_bytes_per_element: int) -> dict:
     layers, hidden = config.num_hidden_layers, config.hidden_size
     kv_dim = config.num_key_value_heads * config.head_dim
     params = layers * (hidden * (hidden + 2 * kv_dim) + hidden * hidden + 3 * hidden * config.intermediate_size)
     params += config.vocab_size * hidden  # lm_head (the embedding is a lookup)
-    kv_bytes_per_token = layers * 2 * kv_dim * 2
+    kv_bytes_per_token = layers * 2 * kv_dim * kv_bytes_per_element
     prompt_tokens, output_tokens = num_requests * PROMPT_LEN, num_requests * OUTPUT_LEN
     # causal attention of the prompt: QK^T and PV over the average half prompt, all heads
     attn_flops = num_requests * layers * 4 * config.num_attention_heads * config.head_dim * PROMPT_LEN**2 / 2
@@ -71,10 +73,14 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=1000)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--enforce-eager", action="store_true")
-    # The KV cache of an H100 at gpu_memory_utilization 0.9 holds ~438k tokens (27.4k blocks of 16),
-    # 219 sequences of 2000 tokens: more running sequences would be preempted as they grow.
-    parser.add_argument("--max-num-seqs", type=int, default=208)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"])
+    # The bf16 KV cache of an H100 at gpu_memory_utilization 0.9 holds ~438k tokens (27.4k blocks of
+    # 16), 219 sequences of 2000 tokens: more running sequences would be preempted as they grow. An
+    # fp8 cache holds twice that. Default: 208 (bf16) or 416 (fp8).
+    parser.add_argument("--max-num-seqs", type=int, default=None)
     args = parser.parse_args()
+    kv_bytes_per_element = 2 if args.kv_cache_dtype == "auto" else 1
+    max_num_seqs = args.max_num_seqs or 208 * (2 // kv_bytes_per_element)
 
     device = torch.cuda.get_device_name()
     bandwidth, flops = copy_bandwidth_bytes_per_s(), matmul_flops_per_s()
@@ -91,10 +97,10 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [[rng.randrange(10000) for _ in range(PROMPT_LEN)] for _ in range(args.num_requests)]
     row = run_fastpage(args.path, prompts, [OUTPUT_LEN] * args.num_requests, args.max_num_batched_tokens,
-                       args.enforce_eager, args.max_num_seqs)
+                       args.enforce_eager, max_num_seqs, kv_cache_dtype=args.kv_cache_dtype)
     kv_tokens = row["num_device_blocks"] * 16
-    batch = min(args.max_num_seqs, kv_tokens // (PROMPT_LEN + OUTPUT_LEN))
-    floor = floor_seconds(config, args.num_requests, batch, bandwidth, flops)
+    batch = min(max_num_seqs, kv_tokens // (PROMPT_LEN + OUTPUT_LEN))
+    floor = floor_seconds(config, args.num_requests, batch, bandwidth, flops, kv_bytes_per_element)
     row = dict(device=device, workload=f"llama-3-8b-{args.num_requests}req-1000in-1000out",
                model_shape="llama-3-8b (32 layers, random bf16 weights)", ms_per_token=None, **row, **floor,
                fraction_of_floor=row["output_tok_per_s"] / floor["floor_output_tok_per_s"],

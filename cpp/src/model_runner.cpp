@@ -130,7 +130,8 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
     num_blocks = world->all_reduce_min(num_blocks, timeout);
     num_host_blocks = world->all_reduce_min(num_host_blocks, timeout);
   }
-  kv_cache_ = std::make_unique<KVCache>(local, engine.block_size, num_blocks, num_host_blocks, device_, dtype);
+  kv_cache_ = std::make_unique<KVCache>(local, engine.block_size, num_blocks, num_host_blocks, device_,
+                                        kv_cache_scalar_type(engine, dtype));
   // CUDA graphs capture one process's decode pass; with several ranks the engine runs eagerly.
   if (device_.is_cuda() && !engine.enforce_eager && parallel.world_size() == 1) {
     decode_graphs_ = std::make_unique<DecodeGraphs>(*model_, *kv_cache_, engine.max_num_seqs, max_model_len,
@@ -138,9 +139,10 @@ ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, W
   }
   const int64_t blocks_per_request = (max_model_len + engine.block_size - 1) / engine.block_size;
   std::fprintf(stderr,
-               "fastpage: weights %.1f MiB; KV cache on %s: %lld blocks of %lld tokens (%.1f MiB), "
+               "fastpage: weights %.1f MiB; KV cache (%s) on %s: %lld blocks of %lld tokens (%.1f MiB), "
                "%lld host blocks; fits %.2f requests of %lld tokens\n",
-               static_cast<double>(model_->weight_bytes()) / (1 << 20), device_.str().c_str(),
+               static_cast<double>(model_->weight_bytes()) / (1 << 20),
+               c10::toString(kv_cache_->device_cache.scalar_type()), device_.str().c_str(),
                static_cast<long long>(num_blocks), static_cast<long long>(engine.block_size),
                static_cast<double>(num_blocks * kv_cache_->bytes_per_block) / (1 << 20),
                static_cast<long long>(num_host_blocks),

@@ -7,7 +7,7 @@ import collections.abc
 import enum
 import torch
 import typing
-__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FinishReason', 'FinishedSeq', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
+__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
 class NormType(enum.Enum):
     LayerNorm: typing.ClassVar[NormType]
     RMSNorm: typing.ClassVar[NormType]
@@ -25,6 +25,12 @@ class Activation(enum.Enum):
 class PositionType(enum.Enum):
     Learned: typing.ClassVar[PositionType]
     Rotary: typing.ClassVar[PositionType]
+    @classmethod
+    def __new__(cls, value):
+        ...
+class KVCacheDtype(enum.Enum):
+    Auto: typing.ClassVar[KVCacheDtype]
+    Fp8E4M3: typing.ClassVar[KVCacheDtype]
     @classmethod
     def __new__(cls, value):
         ...
@@ -74,6 +80,7 @@ class EngineConfig:
     enable_chunked_prefill: bool
     enable_prefix_caching: bool
     enforce_eager: bool
+    kv_cache_dtype: KVCacheDtype
     parallel: ParallelConfig
     def __init__(self) -> None:
         ...

@@ -7,6 +7,9 @@ import dataclasses
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 GIB = 1 << 30
+# kv_cache_dtype values (vLLM's names): "auto" keeps the model dtype; the fp8 names store
+# float8_e4m3fn with scales of 1.0.
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 
 
 @dataclasses.dataclass
@@ -25,6 +28,7 @@ class EngineArgs:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     swap_space: float = 0  # GiB of host memory for swapped-out KV blocks; 0: preempt by recompute
+    kv_cache_dtype: str = "auto"  # "auto": the model dtype; "fp8" / "fp8_e4m3": float8_e4m3fn
     enforce_eager: bool = False
     seed: int = 0
     kv_cache_memory_bytes: int | None = None  # KV-cache bytes (CPU default 4 GiB; GPU: gpu_memory_utilization)
@@ -71,6 +75,9 @@ class EngineArgs:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be non-negative (GiB), got {self.swap_space}.")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}.")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be non-negative, got {self.max_logprobs}.")
 
@@ -87,8 +94,8 @@ class EngineArgs:
     _SHARED_BY_ALL_RANKS = ("dtype", "load_format", "tensor_parallel_size", "pipeline_parallel_size", "nnodes",
                             "block_size", "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
                             "enable_chunked_prefill", "enforce_eager", "kv_cache_memory_bytes",
-                            "num_gpu_blocks_override", "gpu_memory_utilization", "swap_space", "seed",
-                            "distributed_timeout_seconds")
+                            "num_gpu_blocks_override", "gpu_memory_utilization", "swap_space", "kv_cache_dtype",
+                            "seed", "distributed_timeout_seconds")
 
     def settings_shared_by_all_ranks(self, max_model_len: int) -> dict:
         settings = {name: getattr(self, name) for name in self._SHARED_BY_ALL_RANKS}
@@ -126,6 +133,7 @@ class EngineArgs:
         if self.kv_cache_memory_bytes is not None:
             config.kv_cache_memory_bytes = self.kv_cache_memory_bytes
         config.swap_space_bytes = int(self.swap_space * GIB)
+        config.kv_cache_dtype = _C.KVCacheDtype.Auto if self.kv_cache_dtype == "auto" else _C.KVCacheDtype.Fp8E4M3
         return config
 
     @staticmethod
@@ -166,6 +174,9 @@ class EngineArgs:
                             default=defaults.enable_chunked_prefill)
         parser.add_argument("--swap-space", type=float, default=defaults.swap_space,
                             help="GiB of host memory per GPU for swapped-out KV blocks")
+        parser.add_argument("--kv-cache-dtype", default=defaults.kv_cache_dtype, choices=list(KV_CACHE_DTYPES),
+                            help="KV-cache element type: auto (the model dtype) or fp8 (float8_e4m3fn, half "
+                                 "the bytes of bf16, scales 1.0)")
         parser.add_argument("--enforce-eager", action="store_true")
         parser.add_argument("--seed", type=int, default=defaults.seed)
         parser.add_argument("--kv-cache-memory-bytes", type=int, default=None,

@@ -1,7 +1,8 @@
 """GPU-only checks of the CUDA kernels beyond tests/test_kernels.py: the decode shape of the
 tensor-core attention kernel (pure decode batches, split contexts up to 8k, head dims 64/128, GQA
 ratios 1/4/8, block sizes 8/16/32), prefill at head dim 128, the fallback path, CUDA-graph capture,
-and the shape/dtype errors the CUDA launchers raise. References: tests/kernel_reference.py."""
+the same over float8_e4m3fn caches (kv_cache_dtype="fp8"), and the shape/dtype errors the CUDA
+launchers raise. References: tests/kernel_reference.py."""
 
 import os
 import sys
@@ -13,7 +14,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import fastpage  # noqa: E402,F401  (registers torch.ops.fastpage)
-from kernel_reference import make_paged_batch, ref_copy_blocks, ref_paged_attention  # noqa: E402
+from kernel_reference import (  # noqa: E402
+    make_paged_batch,
+    ref_copy_blocks,
+    ref_paged_attention,
+    ref_silu_and_mul,
+    to_fp8_e4m3,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ops = torch.ops.fastpage
@@ -97,6 +104,60 @@ def test_decode_replays_in_a_cuda_graph(gen):
         torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
 
 
+def with_fp8_cache(batch):
+    """The batch with its caches cast to float8_e4m3fn (kv_cache_dtype="fp8"); NaN slots stay NaN."""
+    batch.key_cache, batch.value_cache = to_fp8_e4m3(batch.key_cache), to_fp8_e4m3(batch.value_cache)
+    return batch
+
+
+# The reference reads the same fp8 values (upcast to float32), so the 16-bit tolerances hold.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(8, 8), (32, 4), (32, 8)])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_fp8_cache_decode_with_splits(dtype, head_dim, num_heads, num_kv_heads, block_size, gen):
+    """Decode kernel on an fp8 cache: 16-byte loads of 16 e4m3 values, contexts up to 8k (split)."""
+    contexts = [1, block_size, block_size + 1, 8192, 37, 700, 3001]
+    batch = make_paged_batch([(1, c) for c in contexts], num_heads=num_heads, num_kv_heads=num_kv_heads,
+                             head_dim=head_dim, block_size=block_size, dtype=dtype, device="cuda",
+                             generator=gen, num_padding_tokens=2)
+    check(with_fp8_cache(batch), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(12, 3), (32, 8)])
+def test_fp8_cache_prefill(dtype, head_dim, num_heads, num_kv_heads, gen):
+    """Prefill kernel on an fp8 cache: chunks over cached prefixes, a fresh prompt, decodes."""
+    seqs = [(1, 5), (7, 40), (70, 70), (33, 1500), (1, 2048), (130, 131)]
+    batch = make_paged_batch(seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                             block_size=16, dtype=dtype, device="cuda", generator=gen, num_padding_tokens=1)
+    check(with_fp8_cache(batch), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fp8_cache_fallback(dtype, gen):
+    """float32 queries and head dims outside (64, 128) read an fp8 cache through the fallback kernel."""
+    batch = make_paged_batch([(1, 300), (9, 20)], num_heads=8, num_kv_heads=2, head_dim=96, block_size=16,
+                             dtype=dtype, device="cuda", generator=gen, num_padding_tokens=2)
+    check(with_fp8_cache(batch), dtype)
+
+
+def test_fp8_cache_decode_replays_in_a_cuda_graph(gen):
+    batch = with_fp8_cache(make_paged_batch([(1, 4000), (1, 17), (1, 900)], num_heads=32, num_kv_heads=8,
+                                            head_dim=128, block_size=16, dtype=torch.bfloat16, device="cuda",
+                                            generator=gen))
+    out = torch.empty_like(batch.query)
+    run(batch, out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(batch, out)
+    batch.query.copy_(torch.randn(batch.query.shape, generator=gen).to("cuda", torch.bfloat16))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
+
+
 def test_copy_blocks_of_unaligned_sizes(gen):
     """Blocks of 6 bytes (not a 16-byte multiple) take the byte-wise copy; the mapping may be on the host."""
     caches = [torch.randn(6, 3, generator=gen).to("cuda", torch.float16) for _ in range(3)]
@@ -161,4 +222,36 @@ def test_small_batch_linear_rejects_what_it_cannot_run():
         ops.small_batch_linear(out, x, w.float(), None)
     with pytest.raises(RuntimeError, match="out"):
         ops.small_batch_linear(out[:, :4], x, w, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("intermediate,k", [(1, 8), (7, 24), (1001, 4096), (333, 4104), (2048, 1032)])
+def test_small_batch_linear_silu_and_mul_is_the_two_ops(dtype, rows, intermediate, k, gen):
+    """The gate_up GEMV with SiLU-and-mul in its epilogue equals small_batch_linear into [rows, 2I]
+    followed by silu_and_mul bit for bit: odd I (a block's missing warps), K of 1-3 vectors, K a
+    multiple of the 32 x 4-vector chunk (4096) and K with a tail (4104, 1032), every row count."""
+    x = torch.randn(rows, k, generator=gen).to("cuda", dtype)
+    w = (torch.randn(2 * intermediate, k, generator=gen) / k**0.5).to("cuda", dtype)
+    gate_up = torch.empty(rows, 2 * intermediate, device="cuda", dtype=dtype)
+    ops.small_batch_linear(gate_up, x, w, None)
+    two_ops = ops.silu_and_mul(gate_up)
+    out = torch.full((rows, intermediate), float("nan"), device="cuda", dtype=dtype)
+    ops.small_batch_linear_silu_and_mul(out, x, w)
+    assert torch.equal(out, two_ops)
+    # And both against float math (the projections rounded to the dtype, as a bf16/fp16 matmul does).
+    rounded = (x.float() @ w.float().T).to(dtype)
+    torch.testing.assert_close(out.float(), ref_silu_and_mul(rounded), **TOL[dtype])
+
+
+def test_small_batch_linear_silu_and_mul_rejects_what_it_cannot_run():
+    x = torch.randn(2, 16, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(10, 16, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="out must be contiguous \\[2, 5\\]"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(2, 10, device="cuda", dtype=torch.bfloat16), x, w)
+    with pytest.raises(RuntimeError, match="multiple of 2 rows"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(2, 4, device="cuda", dtype=torch.bfloat16), x, w[:9])
+    with pytest.raises(RuntimeError, match="rows"):
+        ops.small_batch_linear_silu_and_mul(torch.empty(5, 5, device="cuda", dtype=torch.bfloat16),
+                                            x.repeat(3, 1)[:5], w)
 

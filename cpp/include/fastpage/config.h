@@ -8,6 +8,10 @@ namespace fastpage {
 enum class NormType : uint8_t { RMSNorm, LayerNorm };
 enum class Activation : uint8_t { SiLU, GeluTanh, Gelu, ReLU };
 enum class PositionType : uint8_t { Rotary, Learned };
+// Element type of the paged KV cache (vLLM's kv_cache_dtype): Auto stores K/V in the model dtype;
+// Fp8E4M3 stores float8_e4m3fn with per-tensor scales of 1.0 (values saturate to +-448), half the
+// bytes of a 16-bit cache, so the same memory holds twice the blocks.
+enum class KVCacheDtype : uint8_t { Auto, Fp8E4M3 };
 
 // One config-driven decoder covers Llama/Mistral/Qwen2/Qwen3 (RMSNorm, rotary, gated SiLU MLP)
 // and GPT-2/OPT (LayerNorm, learned positions, plain GELU/ReLU MLP, biases).
@@ -71,6 +75,7 @@ struct EngineConfig {
   // on CPU, 4 GiB (vLLM's default CPU KV space).
   int64_t kv_cache_memory_bytes = 0;
   int64_t swap_space_bytes = 0;  // host memory for swapped-out blocks; 0 preempts by recompute
+  KVCacheDtype kv_cache_dtype = KVCacheDtype::Auto;
   int64_t max_num_seqs = 256;
   int64_t max_num_batched_tokens = 8192;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings

@@ -51,6 +51,10 @@ void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor&
 // contiguous; bias may be undefined.
 void small_batch_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                         const at::Tensor& bias);
+// The gated MLP's first half in one kernel: out [rows, I] = silu_and_mul(x [rows, K] @ weight.T) with
+// weight [2 * I, K] = [gate; up], bit-identical to small_batch_linear into [rows, 2 * I] followed by
+// silu_and_mul (the projections are rounded to the dtype first). Same inputs as small_batch_linear.
+void small_batch_linear_silu_and_mul(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight);
 
 // One token per row of processed float32 logits [rows, vocab] (contiguous): rows with temperature
 // <= 0 take their argmax (first index of the largest logit); the others divide by their temperature,

@@ -45,7 +45,7 @@ struct DecodeGraphs::Impl {
   // block_tables [B, table_width]; int64: slot_mapping [B]. B = max_batch.
   int64_t pos_at, qsl_at, ctx_at, table_at, num_ints;
   at::Tensor ints, slots, rows;
-  std::map<int64_t, Captured> graphs;
+  std::map<std::pair<int64_t, int64_t>, Captured> graphs;  // by (batch size, context bucket)
   at::cuda::MempoolId_t pool{0, 0};
 
   Impl(const DecoderModel& m, const KVCache& c, int64_t max_num_seqs, int64_t max_model_len, int64_t bs,
@@ -69,8 +69,20 @@ struct DecodeGraphs::Impl {
     return std::min(size, max_batch);
   }
 
+  // The attention launch is sized by max_context_len (its split count and iterations per split), so
+  // a graph captured for max_model_len would walk empty splits at short contexts: graphs are also
+  // keyed by the step's longest context rounded up to a power of two (at least kMinContextBucket).
+  static constexpr int64_t kMinContextBucket = 256;
+  int64_t context_bucket(const StepPlan& plan) const {
+    int32_t longest = 1;
+    for (int32_t len : plan.context_lens) longest = std::max(longest, len);
+    int64_t tokens = kMinContextBucket;
+    while (tokens < longest) tokens *= 2;
+    return std::min(tokens, table_width * block_size);
+  }
+
   // The graph of batch size `bs` reads these views of the static buffers.
-  ForwardInputs inputs(int64_t bs) const {
+  ForwardInputs inputs(int64_t bs, int64_t max_context) const {
     ForwardInputs in;
     in.input_ids = ints.narrow(0, 0, bs);
     in.positions = ints.narrow(0, pos_at, bs);
@@ -80,7 +92,7 @@ struct DecodeGraphs::Impl {
     in.slot_mapping = slots.narrow(0, 0, bs);
     in.logits_indices = rows.narrow(0, 0, bs);
     in.max_query_len = 1;
-    in.max_context_len = table_width * block_size;  // a fixed launch shape for every replay
+    in.max_context_len = max_context;  // the launch shape every replay of this graph keeps
     return in;
   }
 
@@ -113,8 +125,9 @@ struct DecodeGraphs::Impl {
   at::Tensor run(const StepPlan& plan) {
     const int64_t n = static_cast<int64_t>(plan.seqs.size());
     const int64_t bs = bucket(n);
+    const int64_t max_context = context_bucket(plan);
     load(plan, bs);
-    auto found = graphs.find(bs);
+    auto found = graphs.find({bs, max_context});
     if (found == graphs.end()) {
       // First step of this size: run it eagerly, then capture the same pass for the steps to come.
       // Both on the capture stream, so cuBLAS's per-stream workspace and the kernels' one-time setup
@@ -125,14 +138,14 @@ struct DecodeGraphs::Impl {
       at::Tensor logits;
       {
         const c10::cuda::CUDAStreamGuard guard(capture_stream);
-        logits = model.forward(inputs(bs), cache);
+        logits = model.forward(inputs(bs, max_context), cache);
         capture_stream.synchronize();
         captured.graph->capture_begin(pool);
-        captured.logits = model.forward(inputs(bs), cache);
+        captured.logits = model.forward(inputs(bs, max_context), cache);
         captured.graph->capture_end();
       }
       if (pool.first == 0 && pool.second == 0) pool = captured.graph->pool();
-      graphs.emplace(bs, std::move(captured));
+      graphs.emplace(std::make_pair(bs, max_context), std::move(captured));
       return logits.narrow(0, 0, n);
     }
     found->second.graph->replay();

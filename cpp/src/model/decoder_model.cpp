@@ -261,8 +261,18 @@ void DecoderModel::reduce_partial_sums(at::Tensor& out, const at::Tensor& bias) 
 
 at::Tensor& DecoderModel::mlp(const Layer& layer, const at::Tensor& x, Scratch& scratch) const {
   if (config_.gated_mlp) {
-    linear_layer(scratch.gate_up, x, layer.gate_up_weight);
-    at::Tensor& out = linear_layer(scratch.down_proj, ops::silu_and_mul(scratch.gate_up), layer.down_weight);
+    at::Tensor activated;
+    if (x.is_cuda() && use_small_batch_linear(x, layer.gate_up_weight)) {
+      // One kernel for the gate_up projection and the activation (bit-identical to the two).
+      // Written contiguously into the front of the [rows, 2 * I] scratch.
+      activated = scratch.gate_up.view(-1).narrow(0, 0, x.size(0) * shard_.intermediate_size)
+                      .view({x.size(0), shard_.intermediate_size});
+      ops::small_batch_linear_silu_and_mul(activated, x, layer.gate_up_weight);
+    } else {
+      linear_layer(scratch.gate_up, x, layer.gate_up_weight);
+      activated = ops::silu_and_mul(scratch.gate_up);
+    }
+    at::Tensor& out = linear_layer(scratch.down_proj, activated, layer.down_weight);
     if (tp_) reduce_partial_sums(out, {});
     return out;
   }

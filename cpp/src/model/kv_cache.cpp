@@ -44,8 +44,16 @@ int64_t cuda_kv_budget_bytes(const ModelConfig& m, const EngineConfig& e, c10::D
 
 }  // namespace
 
-int64_t kv_bytes_per_block(const ModelConfig& m, int64_t block_size, c10::ScalarType dtype) {
-  return m.num_layers * 2 * block_size * m.num_kv_heads * m.head_dim * c10::elementSize(dtype);
+c10::ScalarType kv_cache_scalar_type(const EngineConfig& e, c10::ScalarType model_dtype) {
+  switch (e.kv_cache_dtype) {
+    case KVCacheDtype::Auto: return model_dtype;
+    case KVCacheDtype::Fp8E4M3: return c10::ScalarType::Float8_e4m3fn;
+  }
+  throw std::invalid_argument("EngineConfig.kv_cache_dtype holds an unknown value");
+}
+
+int64_t kv_bytes_per_block(const ModelConfig& m, int64_t block_size, c10::ScalarType cache_dtype) {
+  return m.num_layers * 2 * block_size * m.num_kv_heads * m.head_dim * c10::elementSize(cache_dtype);
 }
 
 int64_t plan_num_device_blocks(const ModelConfig& m, const EngineConfig& e, c10::Device device,
@@ -63,7 +71,7 @@ int64_t plan_num_device_blocks(const ModelConfig& m, const EngineConfig& e, c10:
     throw std::invalid_argument("device " + device.str() + " is not supported by this build");
 #endif
   }
-  const int64_t num_blocks = budget / kv_bytes_per_block(m, e.block_size, dtype);
+  const int64_t num_blocks = budget / kv_bytes_per_block(m, e.block_size, kv_cache_scalar_type(e, dtype));
   if (num_blocks <= 0) {
     throw std::invalid_argument("no memory left for the KV cache (budget " + std::to_string(budget) +
                                 " bytes); raise kv_cache_memory_bytes / gpu_memory_utilization");
@@ -76,7 +84,7 @@ int64_t plan_num_host_blocks(const ModelConfig& m, const EngineConfig& e, c10::S
     throw std::invalid_argument("num_cpu_blocks and swap_space_bytes must be >= 0");
   }
   if (e.num_cpu_blocks > 0) return e.num_cpu_blocks;
-  return e.swap_space_bytes / kv_bytes_per_block(m, e.block_size, dtype);
+  return e.swap_space_bytes / kv_bytes_per_block(m, e.block_size, kv_cache_scalar_type(e, dtype));
 }
 
 KVCache::KVCache(const ModelConfig& m, int64_t block_size, int64_t num_device_blocks_,

@@ -62,6 +62,11 @@ void small_batch_linear(T out, T x, T weight, T bias) {
   op.call(out, x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
+void small_batch_linear_silu_and_mul(T out, T x, T weight) {
+  static auto op = find_op<void(T, T, T)>("fastpage::small_batch_linear_silu_and_mul");
+  op.call(out, x, weight);
+}
+
 at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
   static auto op = find_op<at::Tensor(T, T, T, T, T, T, T)>("fastpage::sample_tokens");
   return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);

@@ -18,6 +18,7 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("copy_blocks(Tensor(a!)[] caches, Tensor block_mapping) -> ()");
   m.def("swap_blocks(Tensor src, Tensor(a!) dst, Tensor block_mapping) -> ()");
   m.def("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  m.def("small_batch_linear_silu_and_mul(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
   m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
         "Tensor seeds, Tensor positions) -> Tensor");
 }

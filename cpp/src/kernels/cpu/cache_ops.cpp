@@ -1,10 +1,11 @@
-// KV-cache writes and block moves on the CPU. They only move bytes, so they work for any dtype
-// (the caches and the values written into them must simply agree).
+// KV-cache writes and block moves on the CPU. Block moves only move bytes, so they work for any
+// dtype; writes copy values of the cache's own dtype, or cast them to a float8_e4m3fn cache.
 #include <ATen/Parallel.h>
 
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "fp8.h"
 
 namespace fastpage::kernels::cpu {
 namespace {
@@ -29,6 +30,34 @@ void check_block_mapping(const at::Tensor& mapping, int64_t num_src_blocks, int6
   }
 }
 
+// reshape_and_cache into float8_e4m3fn caches: each element is cast with saturation (scale 1.0).
+template <typename scalar_t>
+void write_fp8_slots(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                     const at::Tensor& value_cache, const int64_t* slots, int64_t num_tokens) {
+  const int64_t num_heads = key_cache.size(2);
+  const int64_t head_dim = key_cache.size(3);
+  const int64_t slot_elems = num_heads * head_dim;
+  const scalar_t* k_src = key.const_data_ptr<scalar_t>();
+  const scalar_t* v_src = value.const_data_ptr<scalar_t>();
+  auto* k_dst = static_cast<c10::Float8_e4m3fn*>(key_cache.data_ptr());
+  auto* v_dst = static_cast<c10::Float8_e4m3fn*>(value_cache.data_ptr());
+  at::parallel_for(0, num_tokens, grain_for(2 * slot_elems), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (slots[t] < 0) continue;  // padding token: no slot
+      for (int64_t h = 0; h < num_heads; ++h) {
+        const scalar_t* k = k_src + t * key.stride(0) + h * key.stride(1);
+        const scalar_t* v = v_src + t * value.stride(0) + h * value.stride(1);
+        c10::Float8_e4m3fn* k_out = k_dst + slots[t] * slot_elems + h * head_dim;
+        c10::Float8_e4m3fn* v_out = v_dst + slots[t] * slot_elems + h * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) {
+          k_out[d] = to_fp8_e4m3_saturated(static_cast<float>(k[d]));
+          v_out[d] = to_fp8_e4m3_saturated(static_cast<float>(v[d]));
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
@@ -44,11 +73,9 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
               " must equal key shape ", key.sizes());
   TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1, op,
               "key and value must be contiguous in head_dim");
-  for (const at::Tensor* t : {&value, &key_cache, &value_cache}) {
-    TORCH_CHECK(t->scalar_type() == key.scalar_type(), op,
-                "value, key_cache and value_cache must have the key dtype ", key.scalar_type(),
-                ", got ", t->scalar_type());
-  }
+  TORCH_CHECK(value.scalar_type() == key.scalar_type(), op, "value must have the key dtype ",
+              key.scalar_type(), ", got ", value.scalar_type());
+  check_kv_cache_dtype(key_cache, value_cache, key.scalar_type(), op);
   TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.dim() == 1 &&
                   slot_mapping.is_contiguous(),
               op, "slot_mapping must be a contiguous 1-D int64 tensor, got ",
@@ -64,6 +91,13 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
                 " is outside the cache's ", num_slots, " slots");
   }
 
+  if (key_cache.scalar_type() == at::kFloat8_e4m3fn) {
+    check_float_dtype(key, op, "key");
+    FASTPAGE_DISPATCH_FLOAT_TYPES(key.scalar_type(), "fastpage_reshape_and_cache_fp8", [&] {
+      write_fp8_slots<scalar_t>(key, value, key_cache, value_cache, slots, num_tokens);
+    });
+    return;
+  }
   const int64_t elem = key.element_size();
   const int64_t row_bytes = head_dim * elem;
   const int64_t slot_bytes = num_heads * row_bytes;

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 // Instantiates the lambda for the activation dtypes the kernels support (scalar_t inside it).
 #define FASTPAGE_DISPATCH_FLOAT_TYPES(TYPE, NAME, ...)                   \
@@ -36,6 +37,18 @@ inline void check_kv_caches(const at::Tensor& key_cache, const at::Tensor& value
               value_cache.sizes(), " must equal key_cache shape ", key_cache.sizes());
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op,
               "key_cache and value_cache must be contiguous");
+}
+
+// The caches hold `dtype` (the activations' dtype) or float8_e4m3fn, both the same.
+inline void check_kv_cache_dtype(const at::Tensor& key_cache, const at::Tensor& value_cache, at::ScalarType dtype,
+                                 const char* op) {
+  for (const auto& [cache, name] : {std::pair{&key_cache, "key_cache"}, std::pair{&value_cache, "value_cache"}}) {
+    TORCH_CHECK(cache->scalar_type() == dtype || cache->scalar_type() == at::kFloat8_e4m3fn, op, name,
+                " must have dtype ", dtype, " or Float8_e4m3fn (kv_cache_dtype=\"fp8\"), got ",
+                cache->scalar_type());
+  }
+  TORCH_CHECK(value_cache.scalar_type() == key_cache.scalar_type(), op, "value_cache dtype ",
+              value_cache.scalar_type(), " must equal key_cache dtype ", key_cache.scalar_type());
 }
 
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,

@@ -4,7 +4,8 @@
 // converted once per tile and reused by all of them (grouped-query attention). Keys are visited in
 // chunks with an online softmax, so memory stays O(tile) whatever the context length. When there
 // are fewer items than threads (small-batch decode), long contexts are split into key ranges whose
-// partial softmax states are merged afterwards.
+// partial softmax states are merged afterwards. The cache holds the query's dtype or float8_e4m3fn
+// (kv_cache_dtype="fp8"); either way its rows are converted to float as they are loaded.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "fp8.h"
 #include "row_dots.h"
 #include "vector_exp.h"
 
@@ -80,9 +82,9 @@ scalar_t* output_row(const WorkItem& tile, const Geometry& g, scalar_t* out,
   return out + token * g.out_token_stride + (tile.kv_head * g.group + r % g.group) * g.out_head_stride;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename cache_t>
 void attend_tile(const WorkItem& item, const Geometry& g, const scalar_t* query,
-                 const scalar_t* key_cache, const scalar_t* value_cache, scalar_t* out,
+                 const cache_t* key_cache, const cache_t* value_cache, scalar_t* out,
                  float* partials, int64_t rows_per_tile, const int32_t* query_start_loc,
                  const int32_t* context_lens, const int32_t* block_tables, float scale,
                  Scratch& scratch) {
@@ -236,11 +238,9 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
   TORCH_CHECK(query.stride(2) == 1 && out.stride(2) == 1, op,
               "query and out must be contiguous in head_dim");
   check_kv_caches(key_cache, value_cache, op);
-  for (const at::Tensor* t : {&out, &key_cache, &value_cache}) {
-    TORCH_CHECK(t->scalar_type() == query.scalar_type(), op,
-                "out, key_cache and value_cache must have the query dtype ", query.scalar_type(),
-                ", got ", t->scalar_type());
-  }
+  TORCH_CHECK(out.scalar_type() == query.scalar_type(), op, "out must have the query dtype ",
+              query.scalar_type(), ", got ", out.scalar_type());
+  check_kv_cache_dtype(key_cache, value_cache, query.scalar_type(), op);
   check_index_tensor(query_start_loc, "query_start_loc", 1);
   check_index_tensor(context_lens, "context_lens", 1);
   check_index_tensor(block_tables, "block_tables", 2);
@@ -352,19 +352,24 @@ void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::T
   }
   const int64_t num_items = static_cast<int64_t>(order.size());
   const int64_t grain = num_pairs * g.head_dim <= kParallelGrain ? num_items : 1;
+  const bool fp8_cache = key_cache.scalar_type() == at::kFloat8_e4m3fn;
   FASTPAGE_DISPATCH_FLOAT_TYPES(query.scalar_type(), "fastpage_paged_attention", [&] {
     const scalar_t* q = query.const_data_ptr<scalar_t>();
-    const scalar_t* k = key_cache.const_data_ptr<scalar_t>();
-    const scalar_t* v = value_cache.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     std::vector<float> partials(num_partials * rows_per_tile * (g.head_dim + 2));
-    at::parallel_for(0, num_items, grain, [&](int64_t begin, int64_t end) {
-      Scratch scratch(rows_per_tile, g.head_dim);
-      for (int64_t i = begin; i < end; ++i) {
-        attend_tile<scalar_t>(order[i], g, q, k, v, o, partials.data(), rows_per_tile, starts, lens,
-                              tables, static_cast<float>(scale), scratch);
-      }
-    });
+    const auto attend_items = [&]<typename cache_t>() {
+      const auto* k = static_cast<const cache_t*>(key_cache.const_data_ptr());
+      const auto* v = static_cast<const cache_t*>(value_cache.const_data_ptr());
+      at::parallel_for(0, num_items, grain, [&](int64_t begin, int64_t end) {
+        Scratch scratch(rows_per_tile, g.head_dim);
+        for (int64_t i = begin; i < end; ++i) {
+          attend_tile<scalar_t, cache_t>(order[i], g, q, k, v, o, partials.data(), rows_per_tile, starts, lens,
+                                         tables, static_cast<float>(scale), scratch);
+        }
+      });
+    };
+    if (fp8_cache) attend_items.template operator()<c10::Float8_e4m3fn>();
+    else attend_items.template operator()<scalar_t>();
     at::parallel_for(0, static_cast<int64_t>(splits.size()), 1, [&](int64_t begin, int64_t end) {
       std::vector<float> acc(g.head_dim);
       for (int64_t i = begin; i < end; ++i) {

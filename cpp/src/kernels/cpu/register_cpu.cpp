@@ -15,5 +15,6 @@ TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
   m.impl("copy_blocks", &cpu::copy_blocks);
   m.impl("swap_blocks", &cpu::swap_blocks);
   m.impl("small_batch_linear", &cpu::small_batch_linear_op);
+  m.impl("small_batch_linear_silu_and_mul", &cpu::small_batch_linear_silu_and_mul_op);
   m.impl("sample_tokens", &cpu::sample_tokens);
 }

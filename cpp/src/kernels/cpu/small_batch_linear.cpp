@@ -107,4 +107,18 @@ void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at:
   small_batch_linear_out(out, x, weight, bias.has_value() ? *bias : at::Tensor());
 }
 
+void small_batch_linear_silu_and_mul_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight) {
+  constexpr const char* op = "fastpage small_batch_linear_silu_and_mul: ";
+  TORCH_CHECK(use_small_batch_linear(x, weight), op, "on the CPU x and weight must be contiguous float32 with x ",
+              "[rows <= ", kSmallBatchRows, ", K], got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) % 2 == 0, op, "weight must be [2 * I, K], got ", weight.sizes());
+  const int64_t rows = x.size(0), d = weight.size(0) / 2;
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == rows &&
+                  out.size(1) == d,
+              op, "out must be a contiguous float32 [", rows, ", ", d, "], got ", out.sizes());
+  at::Tensor gate_up = at::empty({rows, 2 * d}, x.options());
+  small_batch_linear_out(gate_up, x, weight, at::Tensor());
+  out.copy_(silu_and_mul(gate_up));
+}
+
 }  // namespace fastpage::kernels::cpu

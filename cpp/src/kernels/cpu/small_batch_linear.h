@@ -19,5 +19,8 @@ void small_batch_linear_out(const at::Tensor& out, const at::Tensor& x, const at
 // torch.ops.fastpage.small_batch_linear on the CPU: checks use_small_batch_linear, then the above.
 void small_batch_linear_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias);
+// torch.ops.fastpage.small_batch_linear_silu_and_mul on the CPU: the two ops in sequence (the fused
+// kernel pays off only on the GPU, where it saves a launch per layer).
+void small_batch_linear_silu_and_mul_op(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight);
 
 }  // namespace fastpage::kernels::cpu
