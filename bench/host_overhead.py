@@ -5,9 +5,9 @@ takes ~15-20 ms of GPU time; everything else the step does on the host (scheduli
 copying the inputs, sampling bookkeeping, appending tokens, stop checks, detokenization, Python
 output handling) leaves the GPU idle, because the step waits for the sampled ids. This script runs
 the same call path as bench/device/throughput_gpu.py (LLM.generate's loop over LLMEngine.step,
-greedy, ignore_eos, detokenize=False; optionally detokenize=True as a server would) on a
-2-layer, hidden-64 Llama with Llama 3's vocabulary (128,256), so the model's own work is small and
-the host work shows.
+greedy, ignore_eos, detokenize=False, final outputs only; and detokenize=True with an output every
+step, as a server streaming every request would) on a 2-layer, hidden-64 Llama with Llama 3's
+vocabulary (128,256), so the model's own work is small and the host work shows.
 
 Per step it reports the wall time and splits it, in the same window, with torch.profiler scopes that the C++ engine
 names (fastpage::schedule, fastpage::prepare_inputs, fastpage::forward, fastpage::sample,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import os
 import platform
@@ -65,11 +66,13 @@ class TimedEngine:
     def __init__(self, engine):
         self._engine = engine
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # this thread's CPU time: less sensitive to other jobs on the box
 
     def step(self):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         outputs = self._engine.step()
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - start_cpu
         return outputs
 
     def __getattr__(self, name):
@@ -85,7 +88,7 @@ def run_steps(llm_engine, num_steps: int, finished: dict) -> None:
 
 
 def measure(path: str, batch: int, args, detokenize: bool) -> dict:
-    from fastpage import LLM, SamplingParams
+    from fastpage import LLM, SamplingParams, sampling_params
 
     prompts = prompts_for(batch, args.min_context, args.max_context)
     num_blocks = sum((len(p) + args.max_tokens + 15) // 16 for p in prompts) + 64
@@ -93,6 +96,10 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
               max_num_batched_tokens=16384, num_gpu_blocks_override=num_blocks, enforce_eager=True)
     engine = llm.llm_engine
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=detokenize)
+    if not detokenize and hasattr(sampling_params, "RequestOutputKind"):
+        # What LLM.generate submits (since it asks for final outputs only); the detokenizing rows
+        # stand for a server streaming every request: per-step cumulative outputs.
+        params = dataclasses.replace(params, output_kind=sampling_params.RequestOutputKind.FINAL_ONLY)
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), {"prompt_token_ids": prompt}, params)
     finished: dict = {}
@@ -108,9 +115,10 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
     timed = TimedEngine(engine.engine)
     engine.engine = timed
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         run_steps(engine, args.steps, finished)
         wall = (time.perf_counter() - start) / args.steps
+        python_cpu = (time.thread_time() - start_cpu - timed.cpu_seconds) / args.steps
     in_engine = timed.seconds / args.steps
     engine.engine = timed._engine
     scopes = {name: 0.0 for name in SCOPES}
@@ -139,7 +147,7 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
     scheduled = (scopes["schedule"] + scopes["execute"] + scopes["sample"] + scopes["release_logits"] + scopes["update"]
                  + scopes["step_outputs"])
     row = dict(
-        batch=batch, detokenize=detokenize, steps=args.steps, warmup_steps=args.warmup_steps,
+        batch=batch, detokenize=detokenize, output_kind=str(getattr(params, "output_kind", "CUMULATIVE")), steps=args.steps, warmup_steps=args.warmup_steps,
         contexts=[args.min_context, args.max_context], warmup_seconds=round(warm_s, 1),
         wall_ms_per_step=wall_ms,
         model_and_sampling_kernels_ms=device_work_ms,  # and the CPU-only release of the logits
@@ -157,6 +165,9 @@ def measure(path: str, batch: int, args, detokenize: bool) -> dict:
             binding=engine_ms - scopes["engine_step"],
             python_output_processing=wall_ms - engine_ms,
         ),
+        # The same Python part as CPU time of the stepping thread (wall time above grows with the
+        # box's load; this much less).
+        python_output_processing_cpu_ms=python_cpu * 1e3,
         profiled_scopes_ms=scopes,
         python_top_tottime=[dict(function=f, ms_per_step=t * 1e3 / args.steps, calls_per_step=n / args.steps,
                                  cum_ms_per_step=c * 1e3 / args.steps) for t, f, n, c in python_top[:12]],
@@ -195,7 +206,8 @@ def main() -> None:
             b = row["breakdown_ms"]
             print(f"batch {batch} detokenize={detokenize}: wall {row['wall_ms_per_step']:.2f} ms/step, model+kernels "
                   f"{row['model_and_sampling_kernels_ms']:.2f}, host {row['host_overhead_ms']:.2f} = "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in b.items()), flush=True)
+                  + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+                  + f"; python CPU time {row['python_output_processing_cpu_ms']:.2f}", flush=True)
             for entry in row["python_top_tottime"][:8]:
                 print(f"    {entry['ms_per_step']:7.3f} ms  {entry['function']}")
     if args.out:

@@ -88,3 +88,17 @@ def test_spaces_between_special_tokens():
     assert "".join(pieces) == full
     pieces, _ = run(tokenizer, [], output_ids, skip_special_tokens=False, spaces_between_special_tokens=False)
     assert "".join(pieces) == "[CLS][SEP][CLS] hello world"
+
+
+@pytest.mark.parametrize("make", [byte_level_bpe, word_piece])
+def test_decode_equals_transformers_decode(make):
+    """Tokenizer.decode calls the Rust tokenizer directly: the same text as transformers' decode
+    without clean-up, special tokens skipped or kept."""
+    hf = make()
+    tokenizer = Tokenizer(hf)
+    rng = random.Random(1)
+    for _ in range(200):
+        token_ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(0, 12))]
+        for skip in (True, False):
+            want = hf.decode(token_ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+            assert tokenizer.decode(token_ids, skip_special_tokens=skip) == want

@@ -2,6 +2,7 @@
 byte-level BPE tokenizer saved next to them; HF transformers on the same weights is the reference.
 After every test, no KV block is left in use."""
 
+import dataclasses
 import os
 import random
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from fastpage import LLM, BeamSearchParams, SamplingParams
+from fastpage.sampling_params import RequestOutputKind
 from tiny_models import tiny_models  # noqa: F401  (session fixture)
 from tiny_tokenizer import byte_level_bpe
 
@@ -226,6 +228,30 @@ def test_bad_requests_raise_and_leave_the_engine_clean(llm):
     with pytest.raises(ValueError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
     assert llm.generate("Hi", SamplingParams(max_tokens=3), use_tqdm=False)[0].finished
+
+
+def test_final_only_reports_a_request_once_with_the_cumulative_result(llm):
+    """output_kind=FINAL_ONLY (what LLM.generate submits): no output while a request runs, then the
+    same final output as CUMULATIVE; stop strings, logprobs and n > 1 included."""
+    engine = llm.llm_engine
+    prompts = random_prompts([5, 17, 30], seed=4)
+    cases = [SamplingParams(max_tokens=12, **GREEDY), SamplingParams(max_tokens=9, logprobs=2, seed=3),
+             SamplingParams(max_tokens=20, stop=["a"], seed=5), SamplingParams(n=2, max_tokens=6, seed=7)]
+    results = {}
+    for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.FINAL_ONLY):
+        for i, params in enumerate(cases):
+            engine.add_request(f"{kind.name}-{i}", {"prompt_token_ids": prompts[i % 3]},
+                               dataclasses.replace(params, output_kind=kind))
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                name, i = out.request_id.rsplit("-", 1)
+                assert out.finished or name == "CUMULATIVE"
+                if out.finished:
+                    results[name, int(i)] = out
+    for i in range(len(cases)):
+        final, cumulative = results["FINAL_ONLY", i], results["CUMULATIVE", i]
+        assert [(c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason) for c in final.outputs] == \
+            [(c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason) for c in cumulative.outputs]
 
 
 def test_abort_frees_blocks(llm):

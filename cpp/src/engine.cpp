@@ -107,8 +107,7 @@ std::vector<StepOutput> Engine::step() {
   if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed earlier: " + failure_);
   // The RECORD_USER_SCOPEs name the step's phases in torch.profiler traces (bench/host_overhead.py);
   // they cost one branch each while no profiler runs. The whole step (the logits freed included):
-  at::RecordFunction step_scope(at::RecordScope::USER_SCOPE);
-  if (step_scope.isActive()) step_scope.before("fastpage::engine_step");
+  RECORD_USER_SCOPE("fastpage::engine_step");
   StepPlan plan;
   {
     RECORD_USER_SCOPE("fastpage::schedule");
@@ -170,9 +169,13 @@ std::vector<StepOutput> Engine::step() {
   }
   std::vector<SamplingRow> rows;
   rows.reserve(to_sample.size());
+  // Looked up once per row (each lookup takes the scheduler's lock); valid until the next schedule().
+  std::vector<std::pair<const Sequence*, const Request*>> row_owners;
+  row_owners.reserve(to_sample.size());
   for (const auto& [seq_id, logits_row] : to_sample) {
     const Sequence& seq = scheduler_->sequence(seq_id);
     const Request& req = scheduler_->request_of(seq_id);
+    row_owners.emplace_back(&seq, &req);
     SamplingRow row;
     row.logits_row = logits_row;
     row.params = &req.params;
@@ -206,33 +209,34 @@ std::vector<StepOutput> Engine::step() {
     }
     for (const FinishedSeq& f : scheduler_->update(tokens)) finished.emplace(f.seq_id, f);
   }
-  RECORD_USER_SCOPE("fastpage::step_outputs");
-
-  outputs.reserve(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const Sequence& seq = scheduler_->sequence(to_sample[r].first);
-    const Request& req = scheduler_->request_of(to_sample[r].first);
-    StepOutput out;
-    out.request_id = req.request_id;
-    out.seq_index = seq.index;
-    out.new_token_ids = {sampled.tokens[r]};
-    if (req.params.logprobs) out.logprobs.push_back(std::move(sampled.logprobs[r]));
-    if (seq.index == 0 && seq.num_output_tokens() == 1) {
-      auto pending = pending_prompt_logprobs_.find(req.request_id);
-      if (pending != pending_prompt_logprobs_.end()) {
-        out.prompt_logprobs = std::move(pending->second);
-        pending_prompt_logprobs_.erase(pending);
+  {
+    RECORD_USER_SCOPE("fastpage::step_outputs");
+    outputs.reserve(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const Sequence& seq = *row_owners[r].first;
+      const Request& req = *row_owners[r].second;
+      StepOutput out;
+      out.request_id = req.request_id;
+      out.seq_index = seq.index;
+      out.new_token_ids = {sampled.tokens[r]};
+      if (req.params.logprobs) out.logprobs.push_back(std::move(sampled.logprobs[r]));
+      if (seq.index == 0 && seq.num_output_tokens() == 1) {
+        auto pending = pending_prompt_logprobs_.find(req.request_id);
+        if (pending != pending_prompt_logprobs_.end()) {
+          out.prompt_logprobs = std::move(pending->second);
+          pending_prompt_logprobs_.erase(pending);
+        }
       }
+      out.cumulative_logprob = seq.cumulative_logprob;
+      out.num_prompt_tokens = seq.num_prompt_tokens;
+      out.num_cached_tokens = seq.num_cached_prompt_tokens;
+      if (auto f = finished.find(to_sample[r].first); f != finished.end()) {
+        out.finished = true;
+        out.finish_reason = f->second.reason;
+        out.stop_token = f->second.stop_token;
+      }
+      outputs.push_back(std::move(out));
     }
-    out.cumulative_logprob = seq.cumulative_logprob;
-    out.num_prompt_tokens = seq.num_prompt_tokens;
-    out.num_cached_tokens = seq.num_cached_prompt_tokens;
-    if (auto f = finished.find(to_sample[r].first); f != finished.end()) {
-      out.finished = true;
-      out.finish_reason = f->second.reason;
-      out.stop_token = f->second.stop_token;
-    }
-    outputs.push_back(std::move(out));
   }
   for (const auto& [seq_id, f] : finished) {
     const Request& req = scheduler_->request_of(seq_id);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Sequence
 
@@ -9,7 +10,7 @@ from fastpage.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from fastpage.engine_args import EngineArgs
 from fastpage.llm_engine import LLMEngine, Prompt
 from fastpage.outputs import RequestOutput
-from fastpage.sampling_params import SamplingParams
+from fastpage.sampling_params import RequestOutputKind, SamplingParams
 from fastpage.tokenizer import Tokenizer
 
 Conversation = list[dict[str, Any]]
@@ -82,8 +83,15 @@ class LLM:
         engine = self.llm_engine
         request_ids: list[str] = []
         finished: dict[str, RequestOutput] = {}
+        # Only finished outputs are read here: the engine builds no per-step output (as vLLM's LLM).
+        final_only: dict[int, SamplingParams] = {}
         try:
             for prompt, params in zip(prompts, params_list):
+                if isinstance(params, SamplingParams):  # anything else: add_request says what is wrong
+                    if id(params) not in final_only:
+                        final_only[id(params)] = dataclasses.replace(params,
+                                                                     output_kind=RequestOutputKind.FINAL_ONLY)
+                    params = final_only[id(params)]
                 request_id = str(next(self._request_counter))
                 engine.add_request(request_id, prompt, params)
                 request_ids.append(request_id)

@@ -197,40 +197,49 @@ class LLMEngine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[RequestOutput]:
         """Runs one engine step; returns the cumulative output of every request that progressed
-        (finished ones included, after which they are forgotten)."""
+        (finished ones included, after which they are forgotten); a request whose output_kind is
+        FINAL_ONLY only once it finished."""
+        requests = self._requests
         progressed: dict[str, RequestState] = {}
+        # Per sequence and step this is the host's critical path at large batches: each attribute of
+        # a StepOutput is read once (pybind11 converts its vectors to new lists on every read), and
+        # only where the request's parameters say the engine filled it.
         for out in self._engine_step():
-            state = self._requests.get(out.request_id)
+            request_id = out.request_id
+            state = requests.get(request_id)
             if state is None:
                 continue  # aborted meanwhile
-            progressed[out.request_id] = state
-            if out.prompt_logprobs:
-                state.set_prompt_logprobs(out.prompt_logprobs)
+            progressed[request_id] = state
+            params = state.params
+            if params.prompt_logprobs is not None:
+                prompt_logprobs = out.prompt_logprobs
+                if prompt_logprobs:
+                    state.set_prompt_logprobs(prompt_logprobs)
             if out.num_prompt_tokens:
                 state.num_cached_tokens = out.num_cached_tokens
             seq = state.sequences[out.seq_index]
-            if seq.finished:
+            if seq.finish_reason is not None:
                 continue  # already ended by a stop string
-            if out.new_token_ids and state.metrics.first_token_time is None:
+            new_token_ids = out.new_token_ids
+            if new_token_ids and state.metrics.first_token_time is None:
                 state.metrics.first_token_time = time.time()
             seq.cumulative_logprob = out.cumulative_logprob
-            stopped = False
-            for i, token_id in enumerate(out.new_token_ids):
-                if seq.add_token(token_id, out.logprobs[i] if i < len(out.logprobs) else None):
-                    stopped = True
-                    break
+            stopped = seq.add_tokens(new_token_ids, out.logprobs if params.logprobs is not None else ())
             if stopped:
                 if not out.finished:
-                    self.engine.finish_sequence(out.request_id, out.seq_index)
+                    self.engine.finish_sequence(request_id, out.seq_index)
             elif out.finished:
                 reason = out.finish_reason.name.lower()  # FinishReason.Stop / Length / Abort
                 seq.finish(reason, out.stop_token if reason == "stop" and out.stop_token >= 0 else None)
 
         outputs = []
         for request_id, state in progressed.items():
+            finished = state.finished
+            if not finished and state.final_only:
+                continue
             outputs.append(state.to_output())
-            if state.finished:
-                del self._requests[request_id]
+            if finished:
+                del requests[request_id]
         return outputs
 
     def _engine_step(self):

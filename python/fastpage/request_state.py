@@ -9,7 +9,7 @@ import time
 
 from fastpage.detokenizer import IncrementalDetokenizer
 from fastpage.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
-from fastpage.sampling_params import SamplingParams
+from fastpage.sampling_params import RequestOutputKind, SamplingParams
 from fastpage.stop_checker import StopChecker
 from fastpage.tokenizer import Tokenizer
 
@@ -55,6 +55,17 @@ class SequenceState:
         if self.finished:
             return self._text
         return self._text[:self._stop_checker.visible_length(self._text)]
+
+    def add_tokens(self, token_ids: list[int], logprobs_entries=()) -> bool:
+        """Appends one step's tokens (with their logprobs entries where computed) up to the first
+        that completes a stop string; True when one did."""
+        if self._detokenizer is None and self.logprobs is None:
+            self.token_ids.extend(token_ids)  # nothing else to do per token
+            return False
+        for i, token_id in enumerate(token_ids):
+            if self.add_token(token_id, logprobs_entries[i] if i < len(logprobs_entries) else None):
+                return True
+        return False
 
     def add_token(self, token_id: int, logprobs_entry=None) -> bool:
         """Appends one generated token; True when it completes a stop string (the sequence is
@@ -111,10 +122,14 @@ class RequestState:
         self.prompt_logprobs: list[PositionLogprobs | None] | None = None
         self.num_cached_tokens = 0
         self.metrics = RequestMetrics(arrival_time=time.time())
+        self.final_only = params.output_kind is RequestOutputKind.FINAL_ONLY
 
     @property
     def finished(self) -> bool:
-        return all(seq.finished for seq in self.sequences)
+        for seq in self.sequences:
+            if seq.finish_reason is None:
+                return False
+        return True
 
     def set_prompt_logprobs(self, entries) -> None:
         # Nothing predicts the first prompt token.

@@ -8,6 +8,7 @@ max_num_seqs). Every error is a ValueError whose message starts with the offendi
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,12 @@ MAX_BAD_WORDS = 64
 MAX_BAD_WORD_CHARS = 1024
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range; larger values are clamped, as in vLLM
 MAX_SEED = 2**64  # the C++ engine keeps seeds as uint64; negative seeds wrap around
+
+
+class RequestOutputKind(enum.Enum):
+    """When LLMEngine.step reports a request (vLLM's names; vLLM's DELTA is not offered)."""
+    CUMULATIVE = 0  # every step it progressed in, with everything generated so far
+    FINAL_ONLY = 2  # once, when it finishes (LLM.generate: no per-step output to build)
 
 
 @dataclasses.dataclass
@@ -50,6 +57,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if self.best_of is None:
@@ -121,6 +129,8 @@ class SamplingParams:
                 raise ValueError("allowed_token_ids must not be empty when given.")
             for token_id in self.allowed_token_ids:
                 _check_int("allowed_token_ids", token_id, minimum=0)
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}.")
         for name in ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
                      "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):

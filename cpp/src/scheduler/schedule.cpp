@@ -210,8 +210,9 @@ StepPlan Scheduler::schedule() {
     const Sequence& seq = *scheduled[row].seq;
     const int32_t num_new = scheduled[row].num_new_tokens;
     const int32_t start = seq.num_computed_tokens - num_new;
-    const bool prompt_logprobs = s.request(seq).params.prompt_logprobs.has_value() &&
-                                 start < seq.num_prompt_tokens && seq.num_output_tokens() == 0;
+    // (The request is looked up only for prompt chunks: decodes skip a hash lookup per row.)
+    const bool prompt_logprobs = start < seq.num_prompt_tokens && seq.num_output_tokens() == 0 &&
+                                 s.request(seq).params.prompt_logprobs.has_value();
     plan.seqs.push_back({seq.seq_id, num_new, start, seq.num_computed_tokens == seq.num_tokens(), prompt_logprobs});
     plan.num_decode_seqs += is_decode(scheduled[row]);
     for (int32_t pos = start; pos < start + num_new; ++pos) {
