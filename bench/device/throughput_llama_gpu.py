@@ -3,7 +3,8 @@ tokens (ignore_eos, greedy), random weights in the Llama-3-8B shape, bf16. No pe
 generate would take hours); the row carries the floor of this workload on this machine instead,
 from the measured copy bandwidth and bf16 matmul rate:
   prefill: 2 x (non-embedding parameters) FLOPs per prompt token + causal attention;
-  decode:  every step reads the weights once, and each sequence's KV cache (context x 128 KiB in
+  decode:  every step reads the weights once (or, when slower, does 2 x parameters FLOPs per
+           sequence), and each sequence's KV cache (context x 128 KiB in
            bf16, 64 KiB with --kv-cache-dtype fp8); at batch B (what the KV cache holds) there are
            output_tokens / B steps.
 --num-requests scales the workload down (same lengths) when device time is short.
@@ -58,10 +59,12 @@ def floor_seconds(config, num_requests: int, batch: int, bandwidth: float, flops
     attn_flops = num_requests * layers * 4 * config.num_attention_heads * config.head_dim * PROMPT_LEN**2 / 2
     prefill = (2 * params * prompt_tokens + attn_flops) / flops
     mean_context = PROMPT_LEN + OUTPUT_LEN / 2
-    decode_weights = (output_tokens / batch) * params * 2 / bandwidth
+    # Each decode step reads the weights once and does 2 x params FLOPs per sequence: at batch ~400 the
+    # FLOPs take longer than the bytes, so the slower of the two counts.
+    decode_linears = max((output_tokens / batch) * params * 2 / bandwidth, 2 * params * output_tokens / flops)
     decode_kv = output_tokens * mean_context * kv_bytes_per_token / bandwidth
-    total = prefill + decode_weights + decode_kv
-    return dict(floor_prefill_s=prefill, floor_decode_weights_s=decode_weights, floor_decode_kv_s=decode_kv,
+    total = prefill + decode_linears + decode_kv
+    return dict(floor_prefill_s=prefill, floor_decode_linears_s=decode_linears, floor_decode_kv_s=decode_kv,
                 floor_seconds=total, floor_output_tok_per_s=output_tokens / total, floor_batch=batch,
                 kv_bytes_per_token=kv_bytes_per_token)
 
