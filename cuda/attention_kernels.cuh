@@ -111,10 +111,7 @@ struct MmaConfig {
   static constexpr int kLds = HEAD_DIM + 8;    // 16-bit tile row pitch (elements): conflict-free ldmatrix
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
-  // cp.async pipeline depth. An fp8 stage carries half the bytes of a 16-bit one, so fp8 keeps three
-  // stages in flight instead of one: the same bytes in flight per SM (2 blocks x 3 x 16 KB against
-  // 3 blocks x 1 x 32 KB), which is what the KV stream's bandwidth depends on.
-  static constexpr int kStages = kFp8 ? 4 : 2;
+  static constexpr int kStages = 2;            // cp.async pipeline depth
   // Stages hold cache elements. 16-bit: the MMA tiles themselves. fp8: unpadded rows (8 threads read
   // a 128-byte span when converting), converted into one set of 16-bit tiles after them.
   static constexpr int kCacheLds = kFp8 ? HEAD_DIM : kLds;
@@ -227,19 +224,15 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     }
   };
 
-  constexpr int kStages = Cfg::kStages;
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (it_begin + i < it_end) load_iteration(it_begin + i, i);
-    cp_async_commit();
-  }
+  if (it_begin < it_end) load_iteration(it_begin, 0);
+  cp_async_commit();
   for (int it = it_begin; it < it_end; ++it) {
-    const int stage = (it - it_begin) % kStages;
-    // Prefetch kStages - 1 iterations ahead into the stage the previous iteration used, then wait for
-    // this one (every group is committed even when empty, so the count of groups in flight is uniform).
-    const int ahead = it + kStages - 1;
-    if (ahead < it_end) load_iteration(ahead, (ahead - it_begin) % kStages);
+    const int stage = (it - it_begin) % Cfg::kStages;
+    // Prefetch the next iteration into the other stage, then wait for this one (one group may stay
+    // in flight; the group is committed even when empty so that the count stays uniform).
+    if (it + 1 < it_end) load_iteration(it + 1, stage ^ 1);
     cp_async_commit();
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<1>();
     __syncthreads();
     const T* tiles;  // this iteration's K tiles, then its V tiles, [WARPS_N][BLOCK_N][kLds] each
     if constexpr (Cfg::kFp8) {
