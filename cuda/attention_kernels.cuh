@@ -14,8 +14,13 @@
 //
 // The cache holds the query's type or float8_e4m3fn (kv_cache_dtype="fp8", scale 1.0). With fp8, the
 // tensor-core kernel streams 16-byte chunks of 16 e4m3 values into the pipeline stages (half the
-// bytes of bf16), and each iteration first converts its stage into bf16/fp16 tiles in shared memory
-// (hardware cvt e4m3x2 -> f16x2), which the MMAs then read as in the 16-bit path.
+// bytes of bf16) and ldmatrix reads the fp8 rows as if they held 16-bit pairs; each register then
+// holds four e4m3 values, converted in registers (hardware cvt e4m3x2 -> f16x2). No 16-bit copy of
+// the tiles is made (that pass made shared memory, not HBM, the limit). The four values a thread
+// receives are not in the MMA's operand order, so the fp8 path permutes head dimensions instead:
+// QK^T sums over the dimensions in a permuted order (the query fragment is loaded in the same
+// order), and in P @ V the accumulator columns stand for permuted dimensions, put back in order
+// when the output is written (the comments at the fp8 loads give the mapping).
 #pragma once
 #include "common.cuh"
 
@@ -112,14 +117,12 @@ struct MmaConfig {
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
   static constexpr int kStages = 2;            // cp.async pipeline depth
-  // Stages hold cache elements. 16-bit: the MMA tiles themselves. fp8: unpadded rows (8 threads read
-  // a 128-byte span when converting), converted into one set of 16-bit tiles after them.
-  static constexpr int kCacheLds = kFp8 ? HEAD_DIM : kLds;
+  // Stages hold cache elements: rows padded by 16 bytes, so ldmatrix's 8 rows hit distinct banks.
+  static constexpr int kCacheLds = kFp8 ? HEAD_DIM + 16 : kLds;
   static constexpr int kCacheTileElems = BLOCK_N * kCacheLds;
   static constexpr int kStageElems = 2 * WARPS_N * kCacheTileElems;             // K and V tiles of one stage
   static constexpr int kStagingBytes = kStages * kStageElems * CACHE_BYTES;
-  static constexpr int kConvertedBytes = kFp8 ? 2 * WARPS_N * kTileElems * 2 : 0;
-  static constexpr int kTileBytes = kStagingBytes + kConvertedBytes;
+  static constexpr int kTileBytes = kStagingBytes;
   static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
   static constexpr int kSmemBytes = kTileBytes > kEpilogueBytes ? kTileBytes : kEpilogueBytes;
   static_assert(kStagingBytes % 16 == 0);
@@ -133,7 +136,6 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
   extern __shared__ uint4 smem_raw[];
   C* staging = reinterpret_cast<C*>(smem_raw);
-  T* converted = reinterpret_cast<T*>(reinterpret_cast<char*>(smem_raw) + Cfg::kStagingBytes);  // fp8 only
 
   const int seq = blockIdx.x / p.num_m_tiles, m_tile = blockIdx.x % p.num_m_tiles;
   const int kv_head = blockIdx.y, split = blockIdx.z;
@@ -173,7 +175,9 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 #pragma unroll
       for (int i = 0; i < 4; ++i) {  // a0: (g, 2t) a1: (g+8, 2t) a2: (g, 2t+8) a3: (g+8, 2t+8)
         const T* src = q_row[i % 2];
-        qf[kk][i] = src ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + 2 * t + 8 * (i / 2)) : 0u;
+        // fp8: MMA k-columns (2t, 2t+1) and (2t+8, 2t+9) stand for dimensions 4t..4t+1 and 4t+2..4t+3.
+        const int col = Cfg::kFp8 ? 4 * t + 2 * (i / 2) : 2 * t + 8 * (i / 2);
+        qf[kk][i] = src ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + col) : 0u;
       }
     }
   }
@@ -209,21 +213,6 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       cp_async_16(v_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, v_cache + offset, valid);
     }
   };
-  // fp8: converts a stage's K and V rows (K rows, then V rows, in both layouts) into the 16-bit tiles,
-  // 8 elements a thread: 8-byte reads and 16-byte writes, each contiguous over neighbouring threads.
-  auto convert_stage = [&](int stage) {
-    constexpr int kPiecesPerRow = HEAD_DIM / 8;
-    constexpr int kPieces = 2 * WARPS_N * BLOCK_N * kPiecesPerRow;
-    const C* src = staging + stage * Cfg::kStageElems;
-    for (int c = tid; c < kPieces; c += Cfg::kThreads) {
-      const int row = c / kPiecesPerRow, piece = c % kPiecesPerRow;
-      const uint2 raw = *reinterpret_cast<const uint2*>(src + row * Cfg::kCacheLds + piece * 8);
-      const uint4 out = {fp8x2_to_packed<T>(raw.x & 0xffffu), fp8x2_to_packed<T>(raw.x >> 16),
-                         fp8x2_to_packed<T>(raw.y & 0xffffu), fp8x2_to_packed<T>(raw.y >> 16)};
-      *reinterpret_cast<uint4*>(converted + row * kLds + piece * 8) = out;
-    }
-  };
-
   if (it_begin < it_end) load_iteration(it_begin, 0);
   cp_async_commit();
   for (int it = it_begin; it < it_end; ++it) {
@@ -234,30 +223,42 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const T* tiles;  // this iteration's K tiles, then its V tiles, [WARPS_N][BLOCK_N][kLds] each
-    if constexpr (Cfg::kFp8) {
-      convert_stage(stage);
-      __syncthreads();
-      tiles = converted;
-    } else {
-      tiles = staging + stage * Cfg::kStageElems;
-    }
-    const T* k_tile = tiles + wn * Cfg::kTileElems;
-    const T* v_tile = k_tile + WARPS_N * Cfg::kTileElems;
+    // This warp's K tile and V tile, [BLOCK_N][kCacheLds] cache elements each.
+    const C* k_tile = staging + stage * Cfg::kStageElems + wn * Cfg::kCacheTileElems;
+    const C* v_tile = k_tile + WARPS_N * Cfg::kCacheTileElems;
     const int kv0 = it * Cfg::kTokensPerIter + wn * BLOCK_N;  // this warp's tile
     const bool active = kv0 < kv_end;
     float s[kNTiles][4];
     if (active) {
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      if constexpr (Cfg::kFp8) {
+        // Matrix i of the x4 load: tokens (i % 2) * 8 + 0..7 of the 16, dims 32 * kk2 + (i / 2) * 16 + 0..15
+        // read as 8 16-bit pairs: the thread gets 4 e4m3 values, dims 4t..4t+3 of token g.
 #pragma unroll
-      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+        for (int kk2 = 0; kk2 < HEAD_DIM / 32; ++kk2) {
 #pragma unroll
-        for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
-          uint32_t b[4];
-          ldmatrix_x4(b, k_tile + (n2 * 16 + lane % 8 + (lane / 16) * 8) * kLds + kk * 16 + ((lane / 8) % 2) * 8);
-          mma_16816<T>(s[2 * n2], qf[kk], b[0], b[1]);
-          mma_16816<T>(s[2 * n2 + 1], qf[kk], b[2], b[3]);
+          for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
+            uint32_t r[4];
+            ldmatrix_x4(r, k_tile + (n2 * 16 + ((lane / 8) % 2) * 8 + lane % 8) * Cfg::kCacheLds + kk2 * 32 +
+                               (lane / 16) * 16);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              mma_16816<T>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<T>(r[i] & 0xffffu),
+                           fp8x2_to_packed<T>(r[i] >> 16));
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+#pragma unroll
+          for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
+            uint32_t b[4];
+            ldmatrix_x4(b, k_tile + (n2 * 16 + lane % 8 + (lane / 16) * 8) * kLds + kk * 16 + ((lane / 8) % 2) * 8);
+            mma_16816<T>(s[2 * n2], qf[kk], b[0], b[1]);
+            mma_16816<T>(s[2 * n2 + 1], qf[kk], b[2], b[3]);
+          }
         }
       }
       // Mask (causal + context end), scale, online softmax over rows g (h=0) and g+8 (h=1).
@@ -305,12 +306,33 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
         const uint32_t pf[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
                                 pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
                                 pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+        if constexpr (Cfg::kFp8) {
+          // Matrix i: tokens (i % 2) * 8 + 0..7 of kt's 16, dims 32 * d4 + (i / 2) * 16 + 0..15, transposed:
+          // the thread gets dims 2g, 2g+1 of tokens 2t, 2t+1. Dim group q's even dims feed accumulator
+          // tile 2q and its odd dims tile 2q + 1.
 #pragma unroll
-        for (int d2 = 0; d2 < HEAD_DIM / 16; ++d2) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLds + d2 * 16 + (lane / 16) * 8);
-          mma_16816<T>(o[2 * d2], pf, b[0], b[1]);
-          mma_16816<T>(o[2 * d2 + 1], pf, b[2], b[3]);
+          for (int d4 = 0; d4 < HEAD_DIM / 32; ++d4) {
+            uint32_t r[4];
+            ldmatrix_x4_trans(r, v_tile + (kt * 16 + ((lane / 8) % 2) * 8 + lane % 8) * Cfg::kCacheLds + d4 * 32 +
+                                     (lane / 16) * 16);
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int q = 2 * d4 + half;
+              // Bytes (dim 2g of token 2t, dim 2g of token 2t+1 | the same for dim 2g+1).
+              const uint32_t lo = __byte_perm(r[2 * half], 0, 0x3120);      // tokens 2t, 2t+1
+              const uint32_t hi = __byte_perm(r[2 * half + 1], 0, 0x3120);  // tokens 2t+8, 2t+9
+              mma_16816<T>(o[2 * q], pf, fp8x2_to_packed<T>(lo & 0xffffu), fp8x2_to_packed<T>(hi & 0xffffu));
+              mma_16816<T>(o[2 * q + 1], pf, fp8x2_to_packed<T>(lo >> 16), fp8x2_to_packed<T>(hi >> 16));
+            }
+          }
+        } else {
+#pragma unroll
+          for (int d2 = 0; d2 < HEAD_DIM / 16; ++d2) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLds + d2 * 16 + (lane / 16) * 8);
+            mma_16816<T>(o[2 * d2], pf, b[0], b[1]);
+            mma_16816<T>(o[2 * d2 + 1], pf, b[2], b[3]);
+          }
         }
       }
     }
@@ -330,10 +352,22 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   float* max_s = o_s + WARPS_N * kRows * HEAD_DIM;               // [WARPS_N * kRows]
   float* sum_s = max_s + WARPS_N * kRows;                        // [WARPS_N * kRows]
   const int srow = wn * kRows + wm * 16 + g;
+  if constexpr (Cfg::kFp8) {
+    // Tiles 2q and 2q + 1 hold dims q * 16 + 2c and q * 16 + 2c + 1 (column c): this thread's columns
+    // 2t and 2t + 1 of both are dims q * 16 + 4t .. 4t + 3.
 #pragma unroll
-  for (int d = 0; d < kDTiles; ++d) {
-    *reinterpret_cast<float2*>(o_s + srow * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][0], o[d][1]);
-    *reinterpret_cast<float2*>(o_s + (srow + 8) * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][2], o[d][3]);
+    for (int q = 0; q < HEAD_DIM / 16; ++q) {
+      *reinterpret_cast<float4*>(o_s + srow * HEAD_DIM + q * 16 + 4 * t) =
+          make_float4(o[2 * q][0], o[2 * q + 1][0], o[2 * q][1], o[2 * q + 1][1]);
+      *reinterpret_cast<float4*>(o_s + (srow + 8) * HEAD_DIM + q * 16 + 4 * t) =
+          make_float4(o[2 * q][2], o[2 * q + 1][2], o[2 * q][3], o[2 * q + 1][3]);
+    }
+  } else {
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      *reinterpret_cast<float2*>(o_s + srow * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][0], o[d][1]);
+      *reinterpret_cast<float2*>(o_s + (srow + 8) * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][2], o[d][3]);
+    }
   }
   if (t == 0) {
     max_s[srow] = row_max[0];
