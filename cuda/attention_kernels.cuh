@@ -116,7 +116,10 @@ struct MmaConfig {
   static constexpr int kLds = HEAD_DIM + 8;    // 16-bit tile row pitch (elements): conflict-free ldmatrix
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
-  static constexpr int kStages = 2;            // cp.async pipeline depth
+  // cp.async pipeline depth. An fp8 stage carries half the bytes of a 16-bit one, so fp8 keeps three
+  // stages in flight instead of one: more KV bytes in flight per SM, which the stream's bandwidth
+  // depends on (the stages are small: no 16-bit copy of the tiles is made).
+  static constexpr int kStages = kFp8 ? 4 : 2;
   // Stages hold cache elements: rows padded by 16 bytes, so ldmatrix's 8 rows hit distinct banks.
   static constexpr int kCacheLds = kFp8 ? HEAD_DIM + 16 : kLds;
   static constexpr int kCacheTileElems = BLOCK_N * kCacheLds;
@@ -213,15 +216,19 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       cp_async_16(v_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, v_cache + offset, valid);
     }
   };
-  if (it_begin < it_end) load_iteration(it_begin, 0);
-  cp_async_commit();
-  for (int it = it_begin; it < it_end; ++it) {
-    const int stage = (it - it_begin) % Cfg::kStages;
-    // Prefetch the next iteration into the other stage, then wait for this one (one group may stay
-    // in flight; the group is committed even when empty so that the count stays uniform).
-    if (it + 1 < it_end) load_iteration(it + 1, stage ^ 1);
+  constexpr int kStages = Cfg::kStages;
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (it_begin + i < it_end) load_iteration(it_begin + i, i);
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  for (int it = it_begin; it < it_end; ++it) {
+    const int stage = (it - it_begin) % kStages;
+    // Prefetch kStages - 1 iterations ahead into the stage the previous iteration used, then wait for
+    // this one (every group is committed even when empty, so the count of groups in flight is uniform).
+    const int ahead = it + kStages - 1;
+    if (ahead < it_end) load_iteration(ahead, (ahead - it_begin) % kStages);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
     __syncthreads();
     // This warp's K tile and V tile, [BLOCK_N][kCacheLds] cache elements each.
     const C* k_tile = staging + stage * Cfg::kStageElems + wn * Cfg::kCacheTileElems;
