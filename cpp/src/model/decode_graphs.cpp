@@ -63,9 +63,13 @@ struct DecodeGraphs::Impl {
     rows = at::arange(max_batch, on_device.dtype(at::kLong));
   }
 
+  // Padded batch sizes: powers of two up to 64, then multiples of 64 (a batch of 260 pads to 320, not
+  // 512: at large batches the decode linears are compute-bound, so padding rows cost their FLOPs).
+  static constexpr int64_t kPowerOfTwoBuckets = 64;
   int64_t bucket(int64_t n) const {
     int64_t size = 1;
-    while (size < n) size *= 2;
+    while (size < n && size < kPowerOfTwoBuckets) size *= 2;
+    if (size < n) size = (n + kPowerOfTwoBuckets - 1) / kPowerOfTwoBuckets * kPowerOfTwoBuckets;
     return std::min(size, max_batch);
   }
 

@@ -1,5 +1,5 @@
-// CUDA graphs of the decode forward pass: one per padded batch size (1, 2, 4, ... up to
-// max_num_seqs) and context bucket (the longest context rounded up to a power of two, from 256 to
+// CUDA graphs of the decode forward pass: one per padded batch size (1, 2, 4, ..., 64, then multiples
+// of 64 up to max_num_seqs) and context bucket (the longest context rounded up to a power of two, from 256 to
 // max_model_len), captured the first time a pure-decode step of that shape runs. The graphs read their
 // inputs from static device buffers with room for the largest batch and the longest block table, so
 // a step only copies its plan into them and replays; padding rows write no KV (slot -1).
