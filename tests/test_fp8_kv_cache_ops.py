@@ -7,8 +7,6 @@ left is the kernel's own arithmetic: the tolerances are those of the 16-bit cach
 Runs on the CPU, and on CUDA too where it is available.
 """
 
-import zlib
-
 import pytest
 import torch
 
@@ -21,28 +19,10 @@ from kernel_reference import (
     ref_swap_blocks,
     to_fp8_e4m3,
 )
+from kernel_test_setup import DEVICES, TOL, dtype_name, gen  # noqa: F401  (gen: a fixture)
 
 ops = torch.ops.fastpage
 FP8 = torch.float8_e4m3fn
-CUDA_KERNELS = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "fastpage::paged_attention", "CUDA")
-DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.skipif(
-    not CUDA_KERNELS, reason="fastpage was built without its CUDA kernels"))]
-    if torch.cuda.is_available() else [])
-TOL = {
-    torch.float32: dict(atol=2e-5, rtol=1e-5),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-}
-
-
-def dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-@pytest.fixture
-def gen(request):
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def assert_same_fp8(actual, expected):

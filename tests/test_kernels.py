@@ -4,8 +4,6 @@ Runs on the CPU, and on CUDA too where it is available (same tests, same referen
 random tensors on awkward sizes; outputs written in place start as NaN so an unwritten element fails.
 """
 
-import zlib
-
 import pytest
 import torch
 
@@ -22,29 +20,9 @@ from kernel_reference import (
     ref_silu_and_mul,
     ref_swap_blocks,
 )
+from kernel_test_setup import CUDA_KERNELS, DEVICES, TOL, dtype_name, gen  # noqa: F401  (gen: a fixture)
 
 ops = torch.ops.fastpage
-CUDA_KERNELS = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "fastpage::paged_attention", "CUDA")
-DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.skipif(
-    not CUDA_KERNELS, reason="fastpage was built without its CUDA kernels"))]
-    if torch.cuda.is_available() else [])
-# Tolerances against a float32 reference computed from the same (rounded) inputs.
-TOL = {
-    torch.float32: dict(atol=2e-5, rtol=1e-5),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-}
-
-
-def dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-@pytest.fixture
-def gen(request):
-    """A generator seeded from the test's id: different inputs for every case, reproducible."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def assert_close(actual, expected, dtype):
