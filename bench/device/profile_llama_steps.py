@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from model_shapes import make_checkpoint  # noqa: E402
 from step_profile import profile_steps  # noqa: E402
-from throughput_llama_gpu import OUTPUT_LEN, PROMPT_LEN  # noqa: E402
+from throughput_llama_gpu import OUTPUT_LEN, PROMPT_LEN, default_max_num_seqs  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--decode-steps", type=int, default=5)
     args = parser.parse_args()
-    max_num_seqs = args.max_num_seqs or (208 if args.kv_cache_dtype == "auto" else 416)
+    max_num_seqs = args.max_num_seqs or default_max_num_seqs(args.kv_cache_dtype)
     if not os.path.exists(os.path.join(args.path, "config.json")):
         make_checkpoint("llama-3-8b", args.path)
 

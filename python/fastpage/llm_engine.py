@@ -15,7 +15,7 @@ import torch
 from fastpage.engine_args import EngineArgs
 from fastpage.outputs import RequestOutput
 from fastpage.request_state import RequestState
-from fastpage.sampling_params import SamplingParams
+from fastpage.sampling_params import RequestOutputKind, SamplingParams
 from fastpage.tokenizer import Tokenizer, load_tokenizer
 
 Prompt = str | list[int] | dict[str, Any]
@@ -218,7 +218,7 @@ class LLMEngine:
             if out.num_prompt_tokens:
                 state.num_cached_tokens = out.num_cached_tokens
             seq = state.sequences[out.seq_index]
-            if seq.finish_reason is not None:
+            if seq.finished:
                 continue  # already ended by a stop string
             new_token_ids = out.new_token_ids
             if new_token_ids and state.metrics.first_token_time is None:
@@ -235,7 +235,7 @@ class LLMEngine:
         outputs = []
         for request_id, state in progressed.items():
             finished = state.finished
-            if not finished and state.final_only:
+            if not finished and state.params.output_kind is RequestOutputKind.FINAL_ONLY:
                 continue
             outputs.append(state.to_output())
             if finished:

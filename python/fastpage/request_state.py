@@ -9,7 +9,7 @@ import time
 
 from fastpage.detokenizer import IncrementalDetokenizer
 from fastpage.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
-from fastpage.sampling_params import RequestOutputKind, SamplingParams
+from fastpage.sampling_params import SamplingParams
 from fastpage.stop_checker import StopChecker
 from fastpage.tokenizer import Tokenizer
 
@@ -122,14 +122,10 @@ class RequestState:
         self.prompt_logprobs: list[PositionLogprobs | None] | None = None
         self.num_cached_tokens = 0
         self.metrics = RequestMetrics(arrival_time=time.time())
-        self.final_only = params.output_kind is RequestOutputKind.FINAL_ONLY
 
     @property
     def finished(self) -> bool:
-        for seq in self.sequences:
-            if seq.finish_reason is None:
-                return False
-        return True
+        return all(seq.finished for seq in self.sequences)
 
     def set_prompt_logprobs(self, entries) -> None:
         # Nothing predicts the first prompt token.
