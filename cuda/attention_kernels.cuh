@@ -7,7 +7,12 @@
 // WARPS_M x WARPS_N: WARPS_M row tiles of 16 rows; WARPS_N warps take turns over the KV tiles and are
 // merged at the end (decode uses 1 x 4, prefill 4 x 1). K/V tiles stream through a two-stage cp.async
 // pipeline (the next tiles load while the current ones are used). Long contexts split over several
-// blocks (grid.z); a merge kernel combines the splits through their log-sum-exp.
+// blocks (grid.z). Each split writes its partial output and log-sum-exp; the last split of a
+// (sequence, KV head, row tile) to finish (an atomic ticket per tile) merges them and writes the
+// output, so no second kernel is launched. The tickets live in a __device__ array (zero when the
+// module loads, no allocation: safe in CUDA-graph capture) and the merging block puts its ticket
+// back to 0, so every launch and graph replay starts clean. Two splitting launches must therefore not
+// run concurrently on one device (fastpage runs its forward passes on one stream).
 //
 // Fallback kernel (any float type, head_dim <= 256): one warp per (token, query head), for float32
 // and odd head sizes.
@@ -38,6 +43,7 @@ struct AttentionParams {
   const int* block_tables;      // [num_seqs, block_table_stride]
   float* partial_out;           // [num_splits, num_tokens, num_heads, head_dim] (num_splits > 1)
   float* partial_lse;           // [num_splits, num_tokens, num_heads], log2 domain
+  int* split_tickets;           // one per (row tile, KV head) block of a split launch, zero between launches
   int64_t q_token_stride, q_head_stride, o_token_stride, o_head_stride;
   int64_t cache_block_stride, cache_slot_stride, cache_head_stride;
   int64_t block_table_stride;
@@ -45,6 +51,12 @@ struct AttentionParams {
   int num_m_tiles, num_splits, iters_per_split;
   float scale_log2;  // softmax scale * log2(e): scores live in the log2 domain (exp2f)
 };
+
+// A split launch's grid has at most kMaxSplits splits and kMaxSplitTiles blocks per split (the launcher
+// splits only grids smaller than a few waves, far below this bound).
+constexpr int kMaxSplits = 32;
+constexpr int kMaxSplitTiles = 1 << 15;
+__device__ int g_split_tickets[kMaxSplitTiles];
 
 // ---- PTX wrappers -------------------------------------------------------------------------------
 
@@ -104,6 +116,78 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 // exp2 of x - m where m may be -inf (a row with no visible key yet): then every term is zero.
 __device__ __forceinline__ float safe_max(float m) { return m == -INFINITY ? 0.f : m; }
 
+// ---- split merge -----------------------------------------------------------------------------------
+
+// Called by every thread of a split block after it wrote its partial results: true in the block that
+// finishes last among the tile's splits (which then resets the tile's ticket for the next launch).
+__device__ __forceinline__ bool is_last_split(const AttentionParams& p, int num_active_splits) {
+  __shared__ int last;
+  __threadfence();  // this thread's partial results are visible device-wide before the ticket is taken
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* ticket = p.split_tickets + blockIdx.y * gridDim.x + blockIdx.x;
+    last = atomicAdd(ticket, 1) == num_active_splits - 1;
+    if (last) *ticket = 0;  // the other splits are done with it: no one touches it again in this launch
+    __threadfence();        // the other splits' partial results are read after their tickets
+  }
+  __syncthreads();
+  return last;
+}
+
+// The last split block of a tile combines the splits of its rows: out = sum_s w_s O_s with
+// w_s = 2^(lse_s - max) / sum_s 2^(lse_s - max). `scratch` holds kMaxSplits floats per row.
+template <typename T, int HEAD_DIM, int THREADS>
+__device__ void merge_splits(const AttentionParams& p, float* scratch, int q_start, int kv_head, int m0,
+                             int num_tile_rows, int num_splits) {
+  const int G = p.group_size;
+  const int64_t split_stride = static_cast<int64_t>(p.num_tokens) * p.num_heads;
+  auto entry_of = [&](int row) {  // (token, head) index of the tile's row `row`
+    const int r = m0 + row;
+    return static_cast<int64_t>(q_start + r / G) * p.num_heads + kv_head * G + r % G;
+  };
+  // scratch may alias the epilogue's shared memory: is_last_split's barrier follows its last read.
+  for (int i = threadIdx.x; i < num_tile_rows * kMaxSplits; i += THREADS) {
+    const int row = i / kMaxSplits, s = i % kMaxSplits;
+    scratch[i] = s < num_splits ? __ldcg(p.partial_lse + s * split_stride + entry_of(row)) : -INFINITY;
+  }
+  __syncthreads();
+  for (int row = threadIdx.x; row < num_tile_rows; row += THREADS) {
+    float* w = scratch + row * kMaxSplits;
+    float m = -INFINITY;
+    for (int s = 0; s < num_splits; ++s) m = fmaxf(m, w[s]);
+    float sum = 0.f;
+    for (int s = 0; s < num_splits; ++s) {
+      w[s] = exp2f(w[s] - safe_max(m));
+      sum += w[s];
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int s = 0; s < num_splits; ++s) w[s] *= inv;
+  }
+  __syncthreads();
+  constexpr int kQuads = HEAD_DIM / 4;
+  for (int i = threadIdx.x; i < num_tile_rows * kQuads; i += THREADS) {
+    const int row = i / kQuads, col = (i % kQuads) * 4;
+    const int64_t entry = entry_of(row);
+    const float* w = scratch + row * kMaxSplits;
+    const float4* src = reinterpret_cast<const float4*>(p.partial_out + entry * HEAD_DIM + col);
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < num_splits; ++s) {
+      const float4 v = __ldcg(src + s * split_stride * (HEAD_DIM / 4));
+      acc.x += w[s] * v.x;
+      acc.y += w[s] * v.y;
+      acc.z += w[s] * v.z;
+      acc.w += w[s] * v.w;
+    }
+    const int r = m0 + row;
+    T* out = static_cast<T*>(p.out) + (q_start + r / G) * p.o_token_stride + (kv_head * G + r % G) * p.o_head_stride + col;
+    out[0] = from_float<T>(acc.x);
+    out[1] = from_float<T>(acc.y);
+    out[2] = from_float<T>(acc.z);
+    out[3] = from_float<T>(acc.w);
+  }
+}
+
 // ---- tensor-core kernel ---------------------------------------------------------------------------
 
 // CACHE_BYTES: bytes of a cache element, 2 (the query's 16-bit type) or 1 (float8_e4m3fn).
@@ -152,6 +236,10 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const int last_row = min(m0 + kRows, num_rows) - 1;
   const int kv_end = max(prefix + last_row / G + 1, 0);  // keys this block can see
   const int num_iters = (kv_end + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter;
+  // Splits past this tile's visible keys have nothing to do (a launch sized for a longer context, as a
+  // captured CUDA graph is); they take no ticket. With one split left the block writes the output.
+  const int num_active_splits = (num_iters + p.iters_per_split - 1) / p.iters_per_split;
+  if (split >= num_active_splits) return;
   const int it_begin = split * p.iters_per_split;
   const int it_end = min(num_iters, it_begin + p.iters_per_split);
 
@@ -399,7 +487,7 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     }
     const int token = q_start + r / G, head = kv_head * G + r % G;
     const float value = sum > 0.f ? acc / sum : 0.f;
-    if (p.num_splits == 1) {
+    if (num_active_splits == 1) {
       static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] = from_float<T>(value);
     } else {
       const int64_t entry = (static_cast<int64_t>(split) * p.num_tokens + token) * p.num_heads + head;
@@ -407,28 +495,12 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       if (col == 0) p.partial_lse[entry] = sum > 0.f ? m + log2f(sum) : -INFINITY;
     }
   }
-}
-
-// Combines the splits of every (token, head): out = sum_s w_s * O_s / sum_s w_s, w_s = 2^(lse_s - max).
-// grid (num_tokens, num_heads); threads over head_dim.
-template <typename T>
-__global__ void merge_splits_kernel(const AttentionParams p) {
-  const int token = blockIdx.x, head = blockIdx.y;
-  if (token >= p.query_start_loc[p.num_seqs]) return;  // padding past the last sequence stays untouched
-  const int64_t split_stride = static_cast<int64_t>(p.num_tokens) * p.num_heads;
-  const int64_t entry = static_cast<int64_t>(token) * p.num_heads + head;
-  float m = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.partial_lse[s * split_stride + entry]);
-  for (int col = threadIdx.x; col < p.head_dim; col += blockDim.x) {
-    float sum = 0.f, acc = 0.f;
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float w = exp2f(p.partial_lse[s * split_stride + entry] - safe_max(m));
-      sum += w;
-      acc += w * p.partial_out[(s * split_stride + entry) * p.head_dim + col];
-    }
-    static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] =
-        from_float<T>(sum > 0.f ? acc / sum : 0.f);
-  }
+  if (num_active_splits == 1) return;
+  const int num_tile_rows = min(kRows, num_rows - m0);
+  if (!is_last_split(p, num_active_splits)) return;
+  static_assert(kRows * kMaxSplits * 4 <= Cfg::kSmemBytes);
+  merge_splits<T, HEAD_DIM, Cfg::kThreads>(p, reinterpret_cast<float*>(smem_raw), q_start, kv_head, m0, num_tile_rows,
+                                            num_active_splits);
 }
 
 // ---- fallback kernel ----------------------------------------------------------------------------

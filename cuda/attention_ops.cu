@@ -1,5 +1,6 @@
 // CUDA launcher for paged_attention: checks the inputs, picks the tensor-core kernel (decode or
-// prefill shape, with a split count that fills the GPU) or the fallback kernel.
+// prefill shape, with a split count that fills the GPU; the kernel merges the splits itself) or the
+// fallback kernel.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -106,6 +107,13 @@ bool mma_supported(const at::Tensor& out, const at::Tensor& query, const at::Ten
   return half_type && (head_dim == 64 || head_dim == 128) && even && cache16;
 }
 
+// The current device's split tickets (a __device__ array: one per device, no allocation).
+int* split_tickets() {
+  void* tickets = nullptr;
+  C10_CUDA_CHECK(cudaGetSymbolAddress(&tickets, g_split_tickets));
+  return static_cast<int*>(tickets);
+}
+
 template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
 void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_len, int64_t max_context_len,
                 cudaStream_t stream) {
@@ -127,8 +135,10 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   // Split long contexts until about four waves of blocks are in flight, keeping >= 4 iterations a split
   // while the unsplit grid fills the GPU. A smaller grid (decode at batch 1 to ~16) splits down to one
   // iteration a split: its time is the latency of the sequential walk over the context, not bandwidth.
+  // (A grid too large for the split tickets never splits: it is far above the target anyway.)
   const int64_t min_iters_per_split = base_blocks >= num_sms ? 4 : 1;
-  const int64_t max_splits = std::clamp<int64_t>(max_iters / min_iters_per_split, 1, 32);
+  const int64_t max_splits =
+      base_blocks > kMaxSplitTiles ? 1 : std::clamp<int64_t>(max_iters / min_iters_per_split, 1, kMaxSplits);
   const int64_t splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, max_splits);
   p.iters_per_split = static_cast<int>((max_iters + splits - 1) / splits);
   p.num_splits = static_cast<int>((max_iters + p.iters_per_split - 1) / p.iters_per_split);
@@ -139,15 +149,12 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
     partial_lse = at::empty({p.num_splits, p.num_tokens, p.num_heads}, options);
     p.partial_out = partial_out.data_ptr<float>();
     p.partial_lse = partial_lse.data_ptr<float>();
+    p.split_tickets = split_tickets();
   }
   TORCH_CHECK(base_blocks <= 0x7fffffff && p.num_kv_heads <= 65535, kOp, ": batch too large for one launch");
   const dim3 grid(static_cast<unsigned>(p.num_seqs * p.num_m_tiles), p.num_kv_heads, p.num_splits);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (p.num_splits > 1) {
-    merge_splits_kernel<T><<<dim3(p.num_tokens, p.num_heads), HEAD_DIM, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
 }
 
 template <typename T, typename C, int HEAD_DIM>

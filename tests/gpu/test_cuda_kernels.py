@@ -255,3 +255,56 @@ def test_small_batch_linear_silu_and_mul_rejects_what_it_cannot_run():
         ops.small_batch_linear_silu_and_mul(torch.empty(5, 5, device="cuda", dtype=torch.bfloat16),
                                             x.repeat(3, 1)[:5], w)
 
+
+
+# ---- split contexts merged inside the attention kernel (the last split block of a tile merges) ----
+
+CACHE_DTYPES = {"16bit": lambda batch: batch, "fp8": with_fp8_cache}
+
+
+@pytest.mark.parametrize("cache", ["16bit", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prefill_chunk_over_long_prefix_splits(cache, dtype, gen):
+    """One prompt chunk over a 3000-token prefix with one KV head: a grid of a few row tiles, split up to
+    32 ways; the tiles see different numbers of keys (causal), so they merge different split counts."""
+    batch = make_paged_batch([(200, 3200)], num_heads=4, num_kv_heads=1, head_dim=128, block_size=16,
+                             dtype=dtype, device="cuda", generator=gen, num_padding_tokens=3)
+    check(CACHE_DTYPES[cache](batch), dtype)
+
+
+@pytest.mark.parametrize("cache", ["16bit", "fp8"])
+def test_split_tickets_reset_between_calls(cache, gen):
+    """Back-to-back launches with different grids and split counts: a ticket left behind by one call
+    would make a later call merge too early (wrong output) or never (NaN output)."""
+    shapes = [[(1, 5000), (1, 700)], [(1, 1000)], [(3, 2000), (1, 64)], [(1, 5000), (1, 700)]]
+    batches = [CACHE_DTYPES[cache](make_paged_batch(seqs, num_heads=32, num_kv_heads=8, head_dim=128,
+                                                    block_size=16, dtype=torch.bfloat16, device="cuda",
+                                                    generator=gen))
+               for seqs in shapes]
+    for _ in range(2):
+        for batch in batches:
+            check(batch, torch.bfloat16)
+
+
+@pytest.mark.parametrize("cache", ["16bit", "fp8"])
+def test_graph_sized_for_a_longer_context_replays_with_shorter_ones(cache, gen):
+    """A decode launch captured for the block tables' whole capacity (as a graph's context bucket is)
+    replayed while the contexts shrink in place: the splits past a context exit without a ticket and
+    the rest merge, on every replay."""
+    batch = CACHE_DTYPES[cache](make_paged_batch([(1, 6000), (1, 300), (1, 2500)], num_heads=32, num_kv_heads=8,
+                                                 head_dim=128, block_size=16, dtype=torch.bfloat16,
+                                                 device="cuda", generator=gen))
+    capacity = batch.block_tables.shape[1] * batch.key_cache.shape[1]
+    out = torch.empty_like(batch.query)
+    args = lambda: (out, batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc,  # noqa: E731
+                    batch.context_lens, batch.block_tables, batch.scale, 1, capacity)
+    ops.paged_attention(*args())  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.paged_attention(*args())
+    for contexts in ([6000, 300, 2500], [64, 1, 2500], [4097, 299, 17], [6000, 300, 2500]):
+        batch.context_lens.copy_(torch.tensor(contexts, dtype=torch.int32))
+        batch.query.copy_(torch.randn(batch.query.shape, generator=gen).to("cuda", torch.bfloat16))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
