@@ -48,6 +48,7 @@ struct AttentionParams {
   int64_t cache_block_stride, cache_slot_stride, cache_head_stride;
   int64_t block_table_stride;
   int num_seqs, num_tokens, num_heads, num_kv_heads, group_size, block_size, head_dim;
+  int block_shift;  // log2(block_size) when it is a power of two, else -1 (then a division)
   int num_m_tiles, num_splits, iters_per_split;
   float scale_log2;  // softmax scale * log2(e): scores live in the log2 domain (exp2f)
 };
@@ -110,6 +111,16 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   } else {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+// Two T packed in 32 bits -> float2.
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  } else {
+    return __half22float2(*reinterpret_cast<const __half2*>(&x));
   }
 }
 
@@ -200,14 +211,14 @@ struct MmaConfig {
   static constexpr int kLds = HEAD_DIM + 8;    // 16-bit tile row pitch (elements): conflict-free ldmatrix
   static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
-  // cp.async pipeline depth. An fp8 stage carries half the bytes of a 16-bit one, so fp8 keeps three
-  // stages in flight instead of one: more KV bytes in flight per SM, which the stream's bandwidth
-  // depends on (the stages are small: no 16-bit copy of the tiles is made).
-  static constexpr int kStages = kFp8 ? 4 : 2;
   // Stages hold cache elements: rows padded by 16 bytes, so ldmatrix's 8 rows hit distinct banks.
   static constexpr int kCacheLds = kFp8 ? HEAD_DIM + 16 : kLds;
   static constexpr int kCacheTileElems = BLOCK_N * kCacheLds;
   static constexpr int kStageElems = 2 * WARPS_N * kCacheTileElems;             // K and V tiles of one stage
+  // cp.async pipeline depth. An fp8 stage carries half the bytes of a 16-bit one, so small fp8 stages
+  // (<= 20 KB) keep three in flight instead of one: more KV bytes in flight per SM, which the stream's
+  // bandwidth depends on (no 16-bit copy of the tiles is made).
+  static constexpr int kStages = kFp8 && kStageElems * CACHE_BYTES <= 20 * 1024 ? 4 : 2;
   static constexpr int kStagingBytes = kStages * kStageElems * CACHE_BYTES;
   static constexpr int kTileBytes = kStagingBytes;
   static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
@@ -215,10 +226,24 @@ struct MmaConfig {
   static_assert(kStagingBytes % 16 == 0);
 };
 
-template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
+// How an fp8 cache's values meet the MMAs (FASTPAGE_ATTN_VARIANT picks one for the decode kernel):
+// kFp8AsQueryType converts K and V to the query's type; with a bf16 query that costs 4 instructions
+// per pair of values (e4m3x2 -> f16x2 -> 2 floats -> bf16x2) where f16 needs one, and the fp8 decode
+// kernel is bound by instruction issue, not bytes. kFp8PvInF16 runs P @ V in f16 (P in [0, 1] and e4m3
+// values are exact in f16: P keeps 3 more mantissa bits than in bf16). kFp8AllInF16 also runs Q K^T in
+// f16: each warp scales its query fragment by a power of two so its largest |q| lands in [2^14, 2^15)
+// (exact for every element down to 2^-29 of that largest one; below, f16's absolute error of 2^-25
+// times the largest |q| is far under the bf16 rounding of the largest element) and divides the scores
+// by the same power of two. With an fp16 query the three are the same kernel.
+enum Fp8Mma { kFp8AsQueryType = 0, kFp8PvInF16 = 1, kFp8AllInF16 = 2 };
+
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int FP8_MMA>
 __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const AttentionParams p) {
   using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
   static_assert(std::is_same_v<C, T> || std::is_same_v<C, __nv_fp8_e4m3>);
+  // The MMA operand types of Q K^T and P @ V.
+  using QkT = std::conditional_t<Cfg::kFp8 && FP8_MMA == kFp8AllInF16, __half, T>;
+  using PvT = std::conditional_t<Cfg::kFp8 && FP8_MMA != kFp8AsQueryType, __half, T>;
   constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds;
   constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
   extern __shared__ uint4 smem_raw[];
@@ -272,6 +297,32 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
       }
     }
   }
+  float score_scale = p.scale_log2;  // scores (Q K^T in the MMA's units) -> log2 domain
+  if constexpr (!std::is_same_v<QkT, T>) {
+    float amax = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = unpack2<T>(qf[kk][i]);
+        amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    int exponent = 0;
+    frexpf(amax, &exponent);  // amax < 2^exponent
+    const float q_scale = amax > 0.f ? ldexpf(1.f, min(max(15 - exponent, -100), 100)) : 1.f;
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = unpack2<T>(qf[kk][i]);
+        qf[kk][i] = pack2<__half>(f.x * q_scale, f.y * q_scale);
+      }
+    }
+    score_scale /= q_scale;  // a power of two: exact
+  }
 
   float o[kDTiles][4];
 #pragma unroll
@@ -281,27 +332,34 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const C* k_cache = static_cast<const C*>(p.key_cache);
   const C* v_cache = static_cast<const C*>(p.value_cache);
   const int* block_table = p.block_tables + seq * p.block_table_stride;
-  const int64_t head_offset = kv_head * p.cache_head_stride;
   // Iteration `it` covers tokens [it * kTokensPerIter, +kTokensPerIter): one BLOCK_N tile per warp
   // column, K and V, loaded by the whole block into pipeline stage `stage` (positions past kv_end
-  // are zero-filled, so no stale or poisoned value reaches P @ V).
+  // are zero-filled, so no stale or poisoned value reaches P @ V). A thread loads the same 16-byte
+  // column of kChunks / kThreads rows; offsets inside a cache block fit 32 bits (mma_supported).
+  constexpr int kElemsPerChunk = 16 / sizeof(C);  // 16-byte chunks: 8 bf16/fp16 or 16 e4m3
+  constexpr int kChunksPerRow = HEAD_DIM / kElemsPerChunk;
+  constexpr int kRowsPerPass = Cfg::kThreads / kChunksPerRow;
+  constexpr int kPasses = WARPS_N * BLOCK_N / kRowsPerPass;
+  static_assert(Cfg::kThreads % kChunksPerRow == 0 && (WARPS_N * BLOCK_N) % kRowsPerPass == 0);
+  const int load_chunk = tid % kChunksPerRow, load_row = tid / kChunksPerRow;
+  const int in_block_offset = kv_head * static_cast<int>(p.cache_head_stride) + load_chunk * kElemsPerChunk;
+  const int slot_stride = static_cast<int>(p.cache_slot_stride);
   auto load_iteration = [&](int it, int stage) {
-    constexpr int kElemsPerChunk = 16 / sizeof(C);  // 16-byte chunks: 8 bf16/fp16 or 16 e4m3
-    constexpr int kChunksPerRow = HEAD_DIM / kElemsPerChunk;
-    constexpr int kChunks = WARPS_N * BLOCK_N * kChunksPerRow;
-    C* k_base = staging + stage * Cfg::kStageElems;
+    C* k_base = staging + stage * Cfg::kStageElems + load_row * Cfg::kCacheLds + load_chunk * kElemsPerChunk;
     C* v_base = k_base + WARPS_N * Cfg::kCacheTileElems;
-    for (int c = tid; c < kChunks; c += Cfg::kThreads) {
-      const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;  // row = w * BLOCK_N + token
+#pragma unroll
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const int row = load_row + pass * kRowsPerPass;  // row = w * BLOCK_N + token
       const int pos = it * Cfg::kTokensPerIter + row;
       const bool valid = pos < kv_end;
       int64_t offset = 0;
       if (valid) {
-        offset = static_cast<int64_t>(block_table[pos / p.block_size]) * p.cache_block_stride +
-                 (pos % p.block_size) * p.cache_slot_stride + head_offset + chunk * kElemsPerChunk;
+        const int block = p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
+        offset = static_cast<int64_t>(block_table[block]) * p.cache_block_stride +
+                 ((pos - block * p.block_size) * slot_stride + in_block_offset);
       }
-      cp_async_16(k_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, k_cache + offset, valid);
-      cp_async_16(v_base + row * Cfg::kCacheLds + chunk * kElemsPerChunk, v_cache + offset, valid);
+      cp_async_16(k_base + pass * kRowsPerPass * Cfg::kCacheLds, k_cache + offset, valid);
+      cp_async_16(v_base + pass * kRowsPerPass * Cfg::kCacheLds, v_cache + offset, valid);
     }
   };
   constexpr int kStages = Cfg::kStages;
@@ -339,8 +397,8 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
                                (lane / 16) * 16);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              mma_16816<T>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<T>(r[i] & 0xffffu),
-                           fp8x2_to_packed<T>(r[i] >> 16));
+              mma_16816<QkT>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<QkT>(r[i] & 0xffffu),
+                             fp8x2_to_packed<QkT>(r[i] >> 16));
             }
           }
         }
@@ -363,7 +421,7 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key_pos = kv0 + n * 8 + 2 * t + i % 2, h = i / 2;
-          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * p.scale_log2 : -INFINITY;
+          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * score_scale : -INFINITY;
           tile_max[h] = fmaxf(tile_max[h], s[n][i]);
         }
       }
@@ -385,12 +443,16 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
           row_sum[i / 2] += s[n][i];
         }
       }
+      // Rescale O only when a row's max moved (alpha == 1 exactly otherwise): after the first tiles the
+      // max rarely moves, and the 4 * kDTiles multiplies are a large part of an fp8 iteration's issue.
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-      for (int d = 0; d < kDTiles; ++d) {
-        o[d][0] *= alpha[0];
-        o[d][1] *= alpha[0];
-        o[d][2] *= alpha[1];
-        o[d][3] *= alpha[1];
+        for (int d = 0; d < kDTiles; ++d) {
+          o[d][0] *= alpha[0];
+          o[d][1] *= alpha[0];
+          o[d][2] *= alpha[1];
+          o[d][3] *= alpha[1];
+        }
       }
     }
 
@@ -398,9 +460,9 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 #pragma unroll
       for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
         // The accumulator layout of S is the A-operand layout of P.
-        const uint32_t pf[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
-                                pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                                pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+        const uint32_t pf[4] = {pack2<PvT>(s[2 * kt][0], s[2 * kt][1]), pack2<PvT>(s[2 * kt][2], s[2 * kt][3]),
+                                pack2<PvT>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                                pack2<PvT>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
         if constexpr (Cfg::kFp8) {
           // Matrix i: tokens (i % 2) * 8 + 0..7 of kt's 16, dims 32 * d4 + (i / 2) * 16 + 0..15, transposed:
           // the thread gets dims 2g, 2g+1 of tokens 2t, 2t+1. Dim group q's even dims feed accumulator
@@ -416,8 +478,8 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
               // Bytes (dim 2g of token 2t, dim 2g of token 2t+1 | the same for dim 2g+1).
               const uint32_t lo = __byte_perm(r[2 * half], 0, 0x3120);      // tokens 2t, 2t+1
               const uint32_t hi = __byte_perm(r[2 * half + 1], 0, 0x3120);  // tokens 2t+8, 2t+9
-              mma_16816<T>(o[2 * q], pf, fp8x2_to_packed<T>(lo & 0xffffu), fp8x2_to_packed<T>(hi & 0xffffu));
-              mma_16816<T>(o[2 * q + 1], pf, fp8x2_to_packed<T>(lo >> 16), fp8x2_to_packed<T>(hi >> 16));
+              mma_16816<PvT>(o[2 * q], pf, fp8x2_to_packed<PvT>(lo & 0xffffu), fp8x2_to_packed<PvT>(hi & 0xffffu));
+              mma_16816<PvT>(o[2 * q + 1], pf, fp8x2_to_packed<PvT>(lo >> 16), fp8x2_to_packed<PvT>(hi >> 16));
             }
           }
         } else {
