@@ -2,16 +2,24 @@
 kernels against the measured device-to-device copy bandwidth, next to a plain torch reference timed in
 the same run. Times are CUDA-event medians after warm-up; inputs are random (never zeros).
 
+The fp8 decode attention kernel has variants picked by FASTPAGE_ATTN_VARIANT (read once per process):
+each variant other than the default runs in a subprocess of this script (--decode-variant-rows), which
+times the decode shapes without the torch references; the table lists them with their variant.
+
     PYTHONPATH=python python bench/device/kernel_bench.py --out results.json
 """
 
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fastpage  # noqa: F401  (registers torch.ops.fastpage)
 
@@ -56,16 +64,39 @@ def paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block
     return query, key_cache, value_cache, query_start_loc, context_lens, block_tables
 
 
+DEFAULT_VARIANT = "f16"
+OTHER_VARIANTS = ("f16pv", "convert", "f16_n32")
+
+
 def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, num_heads=32, num_kv_heads=8,
-                           head_dim=128, block_size=16, dtype=torch.bfloat16, cache_dtype=None):
+                           head_dim=128, block_size=16, dtype=torch.bfloat16, cache_dtype=None,
+                           launch_context=None, torch_references=True):
     """cache_dtype: torch.float8_e4m3fn for an fp8 KV cache (kv_cache_dtype="fp8"); the torch
-    references then read the same values upcast to the query dtype."""
+    references then read the same values upcast to the query dtype. launch_context: the
+    max_context_len the launch is sized for (a CUDA graph's context bucket), default the context."""
     q, kc, vc, qsl, ctx, bt = paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block_size,
                                                   dtype, gen, cache_dtype)
+    launch_context = launch_context or context
+    if launch_context > bt.shape[1] * block_size:  # room in the block table for the launch's bucket
+        bt = torch.cat([bt, bt[:, :1].expand(batch, math.ceil(launch_context / block_size) - bt.shape[1])], 1)
     scale = head_dim**-0.5
     out = torch.empty_like(q)
-    run = lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, 1, context)  # noqa: E731
-    ms = time_ms(run)
+    run = lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, 1, launch_context)  # noqa: E731
+    ms = time_ms(run, iters=200 if batch == 1 else 50)
+    kv_bytes = 2 * batch * context * num_kv_heads * head_dim * kc.element_size()
+    io_bytes = kv_bytes + 2 * q.numel() * q.element_size()
+    gbps = io_bytes / ms / 1e6
+    row = {
+        "device": device_name, "engine": "fastpage", "kernel": "paged_attention (decode)",
+        "workload": f"decode_attention_b{batch}_ctx{context}_h{num_heads}kv{num_kv_heads}_d{head_dim}_bs{block_size}_"
+                    f"{str(dtype).split('.')[-1]}" + ("" if cache_dtype is None else "_fp8cache") +
+                    ("" if launch_context == context else f"_launch{launch_context}"),
+        "variant": os.environ.get("FASTPAGE_ATTN_VARIANT", DEFAULT_VARIANT),
+        "ms": ms, "bytes": io_bytes, "achieved_GBps": gbps, "copy_GBps": copy_gbps,
+        "fraction_of_copy_bandwidth": gbps / copy_gbps,
+    }
+    if not torch_references:
+        return row
     # Torch references: gather the paged K/V into dense tensors, then SDPA (the gather is what a
     # paged-unaware implementation pays); and SDPA alone over already dense K/V.
     def dense(cache):
@@ -78,23 +109,46 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
     torch_sdpa = lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=scale, enable_gqa=True)  # noqa: E731
     ref = torch_sdpa().view(batch, num_heads, head_dim)
     run()
-    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-    kv_bytes = 2 * batch * context * num_kv_heads * head_dim * kc.element_size()
-    io_bytes = kv_bytes + 2 * q.numel() * q.element_size()
-    gbps = io_bytes / ms / 1e6
-    return {
-        "device": device_name, "engine": "fastpage", "kernel": "paged_attention (decode)",
-        "workload": f"decode_attention_b{batch}_ctx{context}_h{num_heads}kv{num_kv_heads}_d{head_dim}_bs{block_size}_"
-                    f"{str(dtype).split('.')[-1]}" + ("" if cache_dtype is None else "_fp8cache"),
-        "ms": ms, "bytes": io_bytes, "achieved_GBps": gbps, "copy_GBps": copy_gbps,
-        "fraction_of_copy_bandwidth": gbps / copy_gbps, "rel_err_vs_torch": err,
-        "torch_gather_sdpa_ms": time_ms(torch_gather_sdpa, iters=20), "torch_sdpa_dense_ms": time_ms(torch_sdpa),
-    }
+    row["rel_err_vs_torch"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    row["torch_gather_sdpa_ms"] = time_ms(torch_gather_sdpa, iters=20)
+    row["torch_sdpa_dense_ms"] = time_ms(torch_sdpa)
+    return row
+
+
+def decode_attention_rows(device_name, copy_gbps, gen, torch_references=True):
+    """The decode shapes: batch-1 latency (Llama-3-8B at the latency workload's ~576-token context, eager
+    and sized for the graphs' 1024 bucket), the bandwidth shapes, and the 1000 x 1000 workload's batches:
+    208 sequences at ~1536 (bf16 cache) and 416 (fp8)."""
+    bench = lambda **kw: bench_decode_attention(device_name, copy_gbps, gen,  # noqa: E731
+                                                torch_references=torch_references, **kw)
+    fp8 = torch.float8_e4m3fn
+    rows = [bench(batch=1, context=576), bench(batch=1, context=576, launch_context=1024),
+            bench(batch=1, context=576, cache_dtype=fp8, launch_context=1024),
+            bench(), bench(batch=8, context=8192), bench(batch=208, context=1536)]
+    for batch, context in ((64, 2048), (416, 1536)):
+        rows.append(bench(batch=batch, context=context, cache_dtype=fp8))
+    return rows
+
+
+def variant_rows(copy_gbps):
+    """decode_attention_rows without torch references for every non-default fp8 decode variant, each in a
+    subprocess (the variant is read once per process)."""
+    rows = []
+    for variant in OTHER_VARIANTS:
+        env = dict(os.environ, FASTPAGE_ATTN_VARIANT=variant)
+        result = subprocess.run([sys.executable, __file__, "--decode-variant-rows", "--copy-gbps", str(copy_gbps)],
+                                env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"variant {variant} failed:\n{result.stderr[-2000:]}")
+            continue
+        rows += json.loads(result.stdout.strip().splitlines()[-1])
+    return rows
 
 
 def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32, num_kv_heads=8, head_dim=128,
                             block_size=16, dtype=torch.bfloat16):
-    """Causal prefill of whole prompts over the paged cache, FLOP rate next to torch's SDPA (flash)."""
+    """Causal prefill of whole prompts over the paged cache, FLOP rate next to torch's SDPA: the default
+    backend choice with GQA, and flash attention over K/V repeated to every query head."""
     blocks_per_seq = math.ceil(prompt / block_size)
     num_blocks = batch * blocks_per_seq
     kc = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
@@ -106,20 +160,32 @@ def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32
     scale = head_dim**-0.5
     out = torch.empty_like(q)
     ms = time_ms(lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, prompt, prompt), iters=20)
-    kd = kc[bt.long()].reshape(batch, prompt, num_kv_heads, head_dim).transpose(1, 2).contiguous()
-    vd = vc[bt.long()].reshape(batch, prompt, num_kv_heads, head_dim).transpose(1, 2).contiguous()
+    def dense(cache):  # [batch, kv heads, prompt, head_dim]
+        return cache[bt.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :prompt].transpose(1, 2).contiguous()
+
+    kd, vd = dense(kc), dense(vc)
     qd = q.view(batch, prompt, num_heads, head_dim).transpose(1, 2)
     sdpa = lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale,  # noqa: E731
                                                   enable_gqa=True)
     ref = sdpa().transpose(1, 2).reshape_as(q)
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     flops = 4 * batch * num_heads * head_dim * prompt * prompt / 2  # QK^T and PV, causal half
-    return {
+    row = {
         "device": device_name, "engine": "fastpage", "kernel": "paged_attention (prefill)",
         "workload": f"prefill_attention_b{batch}_len{prompt}_h{num_heads}kv{num_kv_heads}_d{head_dim}_causal",
         "ms": ms, "tflops": flops / ms / 1e9, "rel_err_vs_torch": err,
         "torch_sdpa_dense_ms": time_ms(sdpa, iters=20),
     }
+    group = num_heads // num_kv_heads
+    kr, vr = kd.repeat_interleave(group, dim=1), vd.repeat_interleave(group, dim=1)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = lambda: F.scaled_dot_product_attention(qd, kr, vr, is_causal=True, scale=scale)  # noqa: E731
+            row["torch_sdpa_flash_ms"] = time_ms(flash, iters=20)
+        row["torch_sdpa_flash_tflops"] = flops / row["torch_sdpa_flash_ms"] / 1e9
+    except RuntimeError as e:  # no flash kernel for this device or shape
+        row["torch_sdpa_flash_error"] = str(e)[:200]
+    return row
 
 
 def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dtype=torch.bfloat16):
@@ -150,28 +216,37 @@ def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dty
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--decode-variant-rows", action="store_true",
+                        help="internal: print the decode rows of this process's variant as JSON and exit")
+    parser.add_argument("--copy-gbps", type=float, default=None, help="internal: the parent's copy bandwidth")
     args = parser.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     device_name = torch.cuda.get_device_name()
-    copy_gbps = copy_bandwidth_gbps()
+    copy_gbps = args.copy_gbps or copy_bandwidth_gbps()
+    if args.decode_variant_rows:
+        print(json.dumps(decode_attention_rows(device_name, copy_gbps, gen, torch_references=False)))
+        return
     rows = [{"device": device_name, "engine": "torch", "kernel": "copy_", "workload": "d2d_copy_2GiB",
              "copy_GBps": copy_gbps}]
-    rows.append(bench_decode_attention(device_name, copy_gbps, gen))
-    rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=8, context=8192))
-    # The 1000 x 1000 Llama-3-8B workload's decode batch: 208 sequences (bf16 cache) or 416 (fp8) at ~1500.
-    rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=208, context=1536))
-    for batch, context in ((64, 2048), (416, 1536)):
-        rows.append(bench_decode_attention(device_name, copy_gbps, gen, batch=batch, context=context,
-                                           cache_dtype=torch.float8_e4m3fn))
+    rows += decode_attention_rows(device_name, copy_gbps, gen)
+    rows += variant_rows(copy_gbps)
     rows.append(bench_prefill_attention(device_name, gen))
+    # A prefill step of the 1000 x 1000 workload: 16 prompts of 1000 tokens.
+    rows.append(bench_prefill_attention(device_name, gen, batch=16, prompt=1000))
     rows += bench_elementwise(device_name, copy_gbps, gen)
-    print(f"{'kernel':28s} {'workload':52s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s} {'torch ms':>9s} {'err':>8s}")
+    print(f"{'kernel':26s} {'workload':66s} {'variant':8s} {'ms':>8s} {'GB/s':>6s} {'of copy':>8s} {'torch ms':>9s} "
+          f"{'err':>8s}")
     for r in rows:
         torch_ms = r.get("torch_sdpa_dense_ms", r.get("torch_ms", float("nan")))
         frac = r.get("fraction_of_copy_bandwidth", float("nan"))
-        print(f"{r['kernel']:28s} {r['workload']:52s} {r.get('ms', float('nan')):8.3f} "
-              f"{r.get('achieved_GBps', r.get('copy_GBps', float('nan'))):8.0f} {frac:8.2%} {torch_ms:9.3f} "
-              f"{r.get('rel_err_vs_torch', float('nan')):8.1e}" + (f" {r['tflops']:.0f} TFLOP/s" if "tflops" in r else ""))
+        extra = ""
+        if "tflops" in r:
+            extra = f" {r['tflops']:.0f} TFLOP/s"
+            if "torch_sdpa_flash_ms" in r:
+                extra += f"; torch flash {r['torch_sdpa_flash_ms']:.3f} ms {r['torch_sdpa_flash_tflops']:.0f} TFLOP/s"
+        print(f"{r['kernel']:26s} {r['workload']:66s} {r.get('variant', ''):8s} {r.get('ms', float('nan')):8.3f} "
+              f"{r.get('achieved_GBps', r.get('copy_GBps', float('nan'))):6.0f} {frac:8.2%} {torch_ms:9.3f} "
+              f"{r.get('rel_err_vs_torch', float('nan')):8.1e}" + extra)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
