@@ -263,7 +263,9 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const int num_iters = (kv_end + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter;
   // Splits past this tile's visible keys have nothing to do (a launch sized for a longer context, as a
   // captured CUDA graph is); they take no ticket. With one split left the block writes the output.
-  const int num_active_splits = (num_iters + p.iters_per_split - 1) / p.iters_per_split;
+  // (Clamped to the grid so that a max_context_len below a real context cannot strand a ticket.)
+  const int num_active_splits =
+      min((num_iters + p.iters_per_split - 1) / p.iters_per_split, static_cast<int>(gridDim.z));
   if (split >= num_active_splits) return;
   const int it_begin = split * p.iters_per_split;
   const int it_end = min(num_iters, it_begin + p.iters_per_split);
