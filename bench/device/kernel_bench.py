@@ -99,8 +99,9 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
         return row
     # Torch references: gather the paged K/V into dense tensors, then SDPA (the gather is what a
     # paged-unaware implementation pays); and SDPA alone over already dense K/V.
-    def dense(cache):
-        return cache[bt.long()].to(dtype).reshape(batch, context, num_kv_heads, head_dim).transpose(1, 2)
+    def dense(cache):  # the context's blocks only (bt may hold extra columns for the launch's bucket)
+        blocks = cache[bt[:, :math.ceil(context / block_size)].long()].to(dtype)
+        return blocks.reshape(batch, -1, num_kv_heads, head_dim)[:, :context].transpose(1, 2)
 
     qd = q.view(batch, num_heads, 1, head_dim)
     torch_gather_sdpa = lambda: F.scaled_dot_product_attention(qd, dense(kc), dense(vc), scale=scale,  # noqa: E731

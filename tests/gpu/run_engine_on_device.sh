@@ -63,7 +63,7 @@ for stage in $STAGES; do
         grep -v -E "^(Loading|Writing)" | tail -40
       ;;
     attention)
-      timeout 240 python3 bench/device/kernel_bench.py --out "$OUT/kernel_bench.json" 2>&1 | tee "$OUT/attention.log" | tail -14
+      timeout 420 python3 bench/device/kernel_bench.py --out "$OUT/kernel_bench.json" 2>&1 | tee "$OUT/attention.log" | tail -40
       ;;
     profile)
       timeout 300 python3 bench/device/profile_llama_steps.py --out "$OUT/profile_llama_steps.json" ${PROFILE_ARGS:-} 2>&1 |
