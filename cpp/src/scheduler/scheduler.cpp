@@ -90,6 +90,7 @@ bool Scheduler::State::reached_length_limit(const Sequence& seq) const {
 void Scheduler::State::finish(Sequence& seq, FinishReason reason, int32_t stop_token) {
   if (seq.awaiting_token) {  // its sampled token will be dropped: no placeholder outlives it
     seq.token_ids.pop_back();
+    seq.num_computed_tokens = std::min(seq.num_computed_tokens, seq.num_tokens());  // it may have been scheduled
     seq.awaiting_token = false;
     seq.ends_with_awaited_token = false;
   }
