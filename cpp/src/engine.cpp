@@ -42,9 +42,9 @@ Engine::Engine(const ModelConfig& model, const EngineConfig& config, WeightMap w
   config_.max_model_len = resolve_max_model_len(model, config);
   const bool parallel = config.parallel.world_size() > 1;
   if (parallel && config.async_scheduling.value_or(false)) {
-    throw std::invalid_argument("async_scheduling needs world_size 1 (tensor_parallel_size x pipeline_parallel_size = " +
-                                std::to_string(config.parallel.world_size()) +
-                                "): the workers would need each step's sampled ids");
+    throw std::invalid_argument(
+        "async_scheduling needs world_size 1 (tensor_parallel_size x pipeline_parallel_size = " +
+        std::to_string(config.parallel.world_size()) + "): the workers would need each step's sampled ids");
   }
   if (config.parallel.rank != 0) {
     throw std::invalid_argument("the Engine is rank 0; ranks 1.. run fastpage::Worker (ParallelConfig.rank " +

@@ -169,7 +169,9 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
     throw std::invalid_argument("DeferredInputIds: token_indices and rows must have the same length");
   }
   for (int64_t index : deferred.token_indices) {
-    if (index < 0 || index >= plan.num_tokens()) throw std::invalid_argument("DeferredInputIds: token index out of range");
+    if (index < 0 || index >= plan.num_tokens()) {
+      throw std::invalid_argument("DeferredInputIds: token index out of range");
+    }
   }
   c10::InferenceMode guard;
   KVCache& cache = *kv_cache_;

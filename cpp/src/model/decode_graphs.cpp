@@ -10,7 +10,9 @@ DecodeGraphs::DecodeGraphs(const DecoderModel&, const KVCache&, int64_t, int64_t
 }
 DecodeGraphs::~DecodeGraphs() = default;
 bool DecodeGraphs::accepts(const StepPlan&, const std::vector<int64_t>&) const { return false; }
-at::Tensor DecodeGraphs::run(const StepPlan&, const DeferredInputIds&) { throw std::logic_error("CUDA graphs need a build with CUDA"); }
+at::Tensor DecodeGraphs::run(const StepPlan&, const DeferredInputIds&) {
+  throw std::logic_error("CUDA graphs need a build with CUDA");
+}
 }  // namespace fastpage
 #else
 }  // namespace fastpage
