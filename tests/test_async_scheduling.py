@@ -55,11 +55,16 @@ def random_prompts(lengths, seed=0):
     return [{"prompt_token_ids": [rng.randrange(4, 256) for _ in range(n)]} for n in lengths]
 
 
+def rounded(logprobs):
+    return [None if step is None else {k: (round(v.logprob, 4), v.rank) for k, v in step.items()}
+            for step in logprobs or []]
+
+
 def summary(outputs):
-    """Everything a caller sees of a completion, per request and sequence."""
-    return [[(c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason, round(c.cumulative_logprob or 0.0, 4),
-              [{k: (round(v.logprob, 4), v.rank) for k, v in step.items()} for step in c.logprobs or []])
-             for c in out.outputs] for out in outputs]
+    """Everything a caller sees of a request: its prompt logprobs and each sequence's completion."""
+    return [(rounded(out.prompt_logprobs),
+             [(c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason, round(c.cumulative_logprob or 0.0, 4),
+               rounded(c.logprobs)) for c in out.outputs]) for out in outputs]
 
 
 def generate_both(pair, prompts, params):
@@ -138,15 +143,16 @@ def test_max_tokens_one(pair):
 
 
 def test_n_best_of_and_logprobs(pair):
-    prompts = random_prompts([6, 14, 9], seed=5)
+    prompts = random_prompts([6, 14, 9, 11], seed=5)
     params = [
         SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=12, ignore_eos=True),  # overlapped
         SamplingParams(n=2, best_of=4, temperature=1.0, seed=8, max_tokens=9, ignore_eos=True),  # completes at once
         SamplingParams(temperature=0.0, logprobs=2, prompt_logprobs=1, max_tokens=7, ignore_eos=True),
+        SamplingParams(temperature=0.0, prompt_logprobs=3, max_tokens=6, ignore_eos=True),  # overlapped
     ]
     got = generate_both(pair, prompts, params)
-    assert [len(o.outputs) for o in got] == [3, 2, 1]
-    assert got[2].prompt_logprobs == pair[0].generate(prompts[2], params[2], use_tqdm=False)[0].prompt_logprobs
+    assert [len(o.outputs) for o in got] == [3, 2, 1, 1]
+    assert len(got[3].prompt_logprobs) == 11 and len(got[3].prompt_logprobs[1]) >= 3
 
 
 @pytest.mark.parametrize("swap_space", [0, 0.001], ids=["recompute", "swap"])
