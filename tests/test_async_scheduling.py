@@ -3,6 +3,7 @@ sampled ids are appended, and its input ids are gathered from N-1's id tensor. T
 same engine without it: the same tokens, finish reasons and logprobs for every kind of request, and
 HF transformers for greedy decoding. After every run the scheduler is idle with every block free."""
 
+import argparse
 import random
 
 import pytest
@@ -80,6 +81,10 @@ def test_the_flag_defaults_off_on_cpu_and_refuses_several_ranks(llama_dir):
     assert not make_llm(llama_dir, None).llm_engine.engine.async_scheduling
     with pytest.raises(ValueError, match="async_scheduling"):
         EngineArgs(async_scheduling=True, tensor_parallel_size=2)
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    for flags, want in (([], None), (["--async-scheduling"], True), (["--no-async-scheduling"], False)):
+        args = EngineArgs.from_cli_args(parser.parse_args(flags))
+        assert args.async_scheduling is want and args.engine_config(64).async_scheduling is want
     config = _C.EngineConfig()
     config.async_scheduling = True
     config.parallel.tensor_parallel_size = 2
