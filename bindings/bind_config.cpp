@@ -88,6 +88,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
       .def_readwrite("seed", &EngineConfig::seed)
       .def_readwrite("max_logprobs", &EngineConfig::max_logprobs)
+      .def_readwrite("async_scheduling", &EngineConfig::async_scheduling)
       .def_readwrite("parallel", &EngineConfig::parallel);
 
   // The C++ view of sampling parameters; Python's fastpage.SamplingParams validates and converts.

@@ -92,6 +92,8 @@ void bind_core(py::module_& m) {
       .def_readonly("stop_token", &Sequence::stop_token)
       .def_readonly("cumulative_logprob", &Sequence::cumulative_logprob)
       .def_readonly("num_preemptions", &Sequence::num_preemptions)
+      .def_readonly("awaiting_token", &Sequence::awaiting_token)
+      .def_readonly("ends_with_awaited_token", &Sequence::ends_with_awaited_token)
       .def_property_readonly("num_tokens", &Sequence::num_tokens)
       .def_property_readonly("num_output_tokens", &Sequence::num_output_tokens)
       .def_property_readonly("finished", &Sequence::finished);
@@ -116,6 +118,13 @@ void bind_core(py::module_& m) {
       .def_readonly("reason", &FinishedSeq::reason)
       .def_readonly("stop_token", &FinishedSeq::stop_token);
 
+  py::class_<FilledToken>(m, "FilledToken")
+      .def_property_readonly("accepted", [](const FilledToken& f) { return f.seq != nullptr; })
+      .def_readonly("finish_reason", &FilledToken::finish_reason)
+      .def_readonly("stop_token", &FilledToken::stop_token);
+
+  m.attr("PLACEHOLDER_TOKEN") = kPlaceholderToken;
+
   using gil_release = py::call_guard<py::gil_scoped_release>;
   py::class_<Scheduler>(m, "Scheduler")
       .def(py::init<const EngineConfig&, int64_t, int32_t, int32_t>(), py::arg("config"), py::arg("max_model_len"),
@@ -125,6 +134,8 @@ void bind_core(py::module_& m) {
       .def("abort_request", &Scheduler::abort_request, py::arg("request_id"))
       .def("schedule", &Scheduler::schedule, gil_release())
       .def("update", &Scheduler::update, py::arg("tokens"), gil_release())
+      .def("reserve", &Scheduler::reserve, py::arg("seq_ids"))
+      .def("fill", &Scheduler::fill, py::arg("tokens"))
       .def("fork", &Scheduler::fork, py::arg("seq_id"))
       .def("finish_sequence", &Scheduler::finish_sequence, py::arg("seq_id"), py::arg("reason"))
       .def("has_unfinished", &Scheduler::has_unfinished)

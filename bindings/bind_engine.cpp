@@ -50,6 +50,7 @@ void bind_engine(py::module_& m) {
       .def("stats", &Engine::stats)
       .def("check_invariants", [](const Engine& e) { e.scheduler().check_invariants(); })
       .def_property_readonly("max_model_len", [](const Engine& e) { return e.config().max_model_len; })
+      .def_property_readonly("async_scheduling", &Engine::async_scheduling)
       .def_property_readonly("num_device_blocks",
                              [](const Engine& e) { return e.scheduler().device_blocks().num_blocks(); });
 }

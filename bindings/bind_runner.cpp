@@ -16,8 +16,12 @@ void bind_runner(py::module_& m) {
            }),
            py::arg("model_config"), py::arg("engine_config"), py::arg("weights"), py::arg("device"),
            py::arg("dtype"), py::call_guard<py::gil_scoped_release>())
-      .def("execute", &ModelRunner::execute, py::arg("plan"), py::arg("logits_indices"),
-           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "execute",
+          [](ModelRunner& runner, const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+            return runner.execute(plan, logits_indices);
+          },
+          py::arg("plan"), py::arg("logits_indices"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_device_blocks", &ModelRunner::num_device_blocks)
       .def_property_readonly("num_host_blocks", &ModelRunner::num_host_blocks)
       .def_property_readonly("bytes_per_block", &ModelRunner::bytes_per_block)

@@ -37,18 +37,20 @@ def nano_workload(num_requests: int = 256, max_input_len: int = 1024, max_output
 
 
 def run_fastpage(path: str, prompts, output_lens, max_num_batched_tokens: int, enforce_eager: bool,
-                 max_num_seqs: int = 256, kv_cache_dtype: str = "auto") -> dict:
+                 max_num_seqs: int = 256, kv_cache_dtype: str = "auto", async_scheduling: bool | None = None) -> dict:
     from fastpage import LLM
 
     llm = LLM(model=path, dtype="bfloat16", max_model_len=4096, max_num_seqs=max_num_seqs,
               max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=0.9,
-              enforce_eager=enforce_eager, kv_cache_dtype=kv_cache_dtype)
+              enforce_eager=enforce_eager, kv_cache_dtype=kv_cache_dtype, async_scheduling=async_scheduling)
+    async_scheduling = llm.llm_engine.engine.async_scheduling  # resolved (None: on for one GPU)
     result = timed_greedy_generate(llm, prompts, output_lens)
     del llm
     gc.collect()
     torch.cuda.empty_cache()
     return dict(engine="fastpage", **result, sampling="greedy", max_num_batched_tokens=max_num_batched_tokens,
-                max_num_seqs=max_num_seqs, enforce_eager=enforce_eager, kv_cache_dtype=kv_cache_dtype)
+                max_num_seqs=max_num_seqs, enforce_eager=enforce_eager, kv_cache_dtype=kv_cache_dtype,
+                async_scheduling=async_scheduling)
 
 
 def timed_greedy_generate(llm, prompts, output_lens, num_warmup: int = 8) -> dict:

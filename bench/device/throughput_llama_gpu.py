@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=1000)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the engine's (on for one GPU)")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"])
     # The bf16 KV cache of an H100 at gpu_memory_utilization 0.9 holds ~438k tokens (27.4k blocks of
     # 16), 219 sequences of 2000 tokens: more running sequences would be preempted as they grow. An
@@ -105,7 +107,8 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [[rng.randrange(10000) for _ in range(PROMPT_LEN)] for _ in range(args.num_requests)]
     row = run_fastpage(args.path, prompts, [OUTPUT_LEN] * args.num_requests, args.max_num_batched_tokens,
-                       args.enforce_eager, max_num_seqs, kv_cache_dtype=args.kv_cache_dtype)
+                       args.enforce_eager, max_num_seqs, kv_cache_dtype=args.kv_cache_dtype,
+                       async_scheduling=args.async_scheduling)
     kv_tokens = row["num_device_blocks"] * 16
     batch = min(max_num_seqs, kv_tokens // (PROMPT_LEN + OUTPUT_LEN))
     floor = floor_seconds(config, args.num_requests, batch, bandwidth, flops, kv_bytes_per_element)

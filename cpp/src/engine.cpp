@@ -40,6 +40,12 @@ Engine::Engine(const ModelConfig& model, const EngineConfig& config, WeightMap w
                c10::ScalarType dtype)
     : model_config_(model), config_(config), next_seed_(splitmix64(config.seed)) {
   config_.max_model_len = resolve_max_model_len(model, config);
+  const bool parallel = config.parallel.world_size() > 1;
+  if (parallel && config.async_scheduling.value_or(false)) {
+    throw std::invalid_argument(
+        "async_scheduling needs world_size 1 (tensor_parallel_size x pipeline_parallel_size = " +
+        std::to_string(config.parallel.world_size()) + "): the workers would need each step's sampled ids");
+  }
   if (config.parallel.rank != 0) {
     throw std::invalid_argument("the Engine is rank 0; ranks 1.. run fastpage::Worker (ParallelConfig.rank " +
                                 std::to_string(config.parallel.rank) + ")");
@@ -48,6 +54,7 @@ Engine::Engine(const ModelConfig& model, const EngineConfig& config, WeightMap w
   if (config.parallel.world_size() > 1) control_ = std::make_unique<ControlPlane>(config.parallel.world_group);
   scheduler_ = std::make_unique<Scheduler>(config_, config_.max_model_len, runner_->num_device_blocks(),
                                            runner_->num_host_blocks());
+  async_scheduling_ = config.async_scheduling.value_or(runner_->device().is_cuda() && !parallel);
 }
 
 Engine::~Engine() {
@@ -103,6 +110,9 @@ void Engine::finish_sequence(const std::string& request_id, int32_t seq_index) {
 
 bool Engine::has_unfinished() const { return scheduler_->has_unfinished(); }
 
+// Call N: schedule step N, launch its forward pass, then (its inputs are queued) complete step N-1,
+// score step N's prompt logprobs, and launch step N's sampler without waiting. Without async
+// scheduling step N is completed in the same call; with it, in the next call.
 std::vector<StepOutput> Engine::step() {
   if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed earlier: " + failure_);
   // The RECORD_USER_SCOPEs name the step's phases in torch.profiler traces (bench/host_overhead.py);
@@ -113,7 +123,7 @@ std::vector<StepOutput> Engine::step() {
     RECORD_USER_SCOPE("fastpage::schedule");
     plan = scheduler_->schedule();
   }
-  if (plan.empty()) return {};
+  if (plan.empty()) return in_flight_ ? complete_in_flight() : std::vector<StepOutput>{};
 
   // Which flattened token positions need logits: the last one of every sampling chunk, and every
   // prompt position of chunks that want prompt logprobs.
@@ -142,42 +152,53 @@ std::vector<StepOutput> Engine::step() {
   try {
     RECORD_USER_SCOPE("fastpage::execute");
     if (control_) control_->send_step(plan, logits_indices);
-    logits = runner_->execute(plan, logits_indices);
+    logits = runner_->execute(plan, logits_indices, deferred_inputs(plan));
   } catch (const std::runtime_error& e) {
     if (control_) failure_ = e.what();  // the ranks are out of step: no further steps
     throw;
   }
   num_prompt_tokens_ += plan.num_tokens() - plan.num_decode_seqs;
 
+  // Step N-1's tokens are appended before step N samples: its penalties and min_tokens see them, and
+  // a sequence that step N-1 finished samples nothing more (its token in step N is discarded).
   std::vector<StepOutput> outputs;
+  if (in_flight_) outputs = complete_in_flight();
   collect_prompt_logprobs(plan, logits, prompt_rows);
 
   // A request's first sample forks it into best_of sequences that draw from the same logits row.
-  // All forks happen before any row points into a sequence.
-  std::vector<std::pair<int64_t, int64_t>> to_sample;  // (seq_id, logits row)
+  // All forks happen before any row is built. Sequences are looked up once per row (each lookup
+  // takes the scheduler's lock); the references stay valid until the next schedule().
+  struct ToSample {
+    int64_t seq_id, logits_row;
+    const Sequence* seq;
+    const Request* request;
+  };
+  std::vector<ToSample> to_sample;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     if (sample_row[i] < 0) continue;
     const int64_t parent = plan.seqs[i].seq_id;
-    to_sample.emplace_back(parent, sample_row[i]);
+    const Sequence& seq = scheduler_->sequence(parent);
+    if (seq.finished()) continue;  // by step N-1's token, an abort or finish_sequence
     const Request& request = scheduler_->request_of(parent);
-    if (request.params.best_of > 1 && request.seq_ids.size() == 1 &&
-        scheduler_->sequence(parent).num_output_tokens() == 0) {
+    to_sample.push_back({parent, sample_row[i], &seq, &request});
+    if (request.params.best_of > 1 && request.seq_ids.size() == 1 && seq.num_output_tokens() == 0) {
       for (int32_t k = 1; k < request.params.best_of; ++k) {
-        to_sample.emplace_back(scheduler_->fork(parent), sample_row[i]);
+        const int64_t child = scheduler_->fork(parent);
+        to_sample.push_back({child, sample_row[i], &scheduler_->sequence(child), &request});
       }
     }
   }
+  if (to_sample.empty()) return outputs;
   std::vector<SamplingRow> rows;
   rows.reserve(to_sample.size());
-  // Looked up once per row (each lookup takes the scheduler's lock); valid until the next schedule().
-  std::vector<std::pair<const Sequence*, const Request*>> row_owners;
-  row_owners.reserve(to_sample.size());
-  for (const auto& [seq_id, logits_row] : to_sample) {
-    const Sequence& seq = scheduler_->sequence(seq_id);
-    const Request& req = scheduler_->request_of(seq_id);
-    row_owners.emplace_back(&seq, &req);
+  // Completed in this call without async scheduling, and for rows whose logprobs the sampler
+  // computes at once anyway (logprobs, best_of > n, beam search).
+  bool complete_now = !async_scheduling_;
+  for (const ToSample& entry : to_sample) {
+    const Sequence& seq = *entry.seq;
+    const Request& req = *entry.request;
     SamplingRow row;
-    row.logits_row = logits_row;
+    row.logits_row = entry.logits_row;
     row.params = &req.params;
     row.token_ids = &seq.token_ids;
     row.num_prompt_tokens = seq.num_prompt_tokens;
@@ -185,13 +206,13 @@ std::vector<StepOutput> Engine::step() {
     row.seed = sequence_seed(*req.params.seed, seq.index);
     row.position = seq.num_tokens();
     rows.push_back(row);
+    complete_now = complete_now || wants_logprobs(req.params);
   }
-  if (rows.empty()) return outputs;
 
-  SampleResult sampled;
+  InFlightStep step;
   {
     RECORD_USER_SCOPE("fastpage::sample");
-    sampled = sampler_.sample(logits, rows);
+    step.sample = sampler_.launch(logits, rows);
   }
   {
     // On the CPU, freeing [rows, vocab] float32 logits is an munmap that costs tens of ms at large
@@ -199,22 +220,66 @@ std::vector<StepOutput> Engine::step() {
     RECORD_USER_SCOPE("fastpage::release_logits");
     logits = at::Tensor();
   }
-  num_generation_tokens_ += static_cast<int64_t>(rows.size());
-  std::unordered_map<int64_t, FinishedSeq> finished;
+  step.seq_ids.reserve(to_sample.size());
+  for (const ToSample& entry : to_sample) step.seq_ids.push_back(entry.seq_id);
+  scheduler_->reserve(step.seq_ids);
+  if (!complete_now) {
+    step.row_of.reserve(step.seq_ids.size());
+    for (size_t r = 0; r < step.seq_ids.size(); ++r) step.row_of.emplace(step.seq_ids[r], static_cast<int64_t>(r));
+  }
+  in_flight_ = std::move(step);
+  if (complete_now) {
+    std::vector<StepOutput> now = complete_in_flight();
+    outputs.insert(outputs.end(), std::make_move_iterator(now.begin()), std::make_move_iterator(now.end()));
+  }
+  return outputs;
+}
+
+DeferredInputIds Engine::deferred_inputs(const StepPlan& plan) const {
+  DeferredInputIds deferred;
+  if (!in_flight_ || in_flight_->row_of.empty()) return deferred;
+  // A placeholder is always its sequence's last token, so it can only end a chunk.
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const int32_t last = plan.query_start_loc[i + 1] - 1;
+    if (plan.input_ids[last] != kPlaceholderToken) continue;
+    auto row = in_flight_->row_of.find(plan.seqs[i].seq_id);
+    if (row == in_flight_->row_of.end()) {
+      throw std::logic_error("fastpage: seq_id " + std::to_string(plan.seqs[i].seq_id) +
+                             " awaits a token that no step in flight samples");
+    }
+    deferred.token_indices.push_back(last);
+    deferred.rows.push_back(row->second);
+  }
+  if (!deferred.empty()) deferred.sampled_ids = in_flight_->sample.tokens();
+  return deferred;
+}
+
+std::vector<StepOutput> Engine::complete_in_flight() {
+  InFlightStep step = std::move(*in_flight_);
+  in_flight_.reset();
+  SampleResult sampled;
+  {
+    RECORD_USER_SCOPE("fastpage::wait_sample");
+    sampled = step.sample.wait();
+  }
+  const size_t num_rows = step.seq_ids.size();
+  std::vector<FilledToken> filled;
   {
     RECORD_USER_SCOPE("fastpage::update");
-    std::vector<SampledToken> tokens(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      tokens[r] = SampledToken{to_sample[r].first, sampled.tokens[r], sampled.logprobs[r].logprob};
+    std::vector<SampledToken> tokens(num_rows);
+    for (size_t r = 0; r < num_rows; ++r) {
+      tokens[r] = SampledToken{step.seq_ids[r], sampled.tokens[r], sampled.logprobs[r].logprob};
     }
-    for (const FinishedSeq& f : scheduler_->update(tokens)) finished.emplace(f.seq_id, f);
+    filled = scheduler_->fill(tokens);
   }
+  std::vector<StepOutput> outputs;
   {
     RECORD_USER_SCOPE("fastpage::step_outputs");
-    outputs.reserve(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const Sequence& seq = *row_owners[r].first;
-      const Request& req = *row_owners[r].second;
+    outputs.reserve(num_rows);
+    for (size_t r = 0; r < num_rows; ++r) {
+      if (!filled[r].seq) continue;  // its sequence finished before the token arrived
+      const Sequence& seq = *filled[r].seq;
+      const Request& req = *filled[r].request;
       StepOutput out;
       out.request_id = req.request_id;
       out.seq_index = seq.index;
@@ -230,17 +295,19 @@ std::vector<StepOutput> Engine::step() {
       out.cumulative_logprob = seq.cumulative_logprob;
       out.num_prompt_tokens = seq.num_prompt_tokens;
       out.num_cached_tokens = seq.num_cached_prompt_tokens;
-      if (auto f = finished.find(to_sample[r].first); f != finished.end()) {
+      if (filled[r].finish_reason != FinishReason::None) {
         out.finished = true;
-        out.finish_reason = f->second.reason;
-        out.stop_token = f->second.stop_token;
+        out.finish_reason = filled[r].finish_reason;
+        out.stop_token = filled[r].stop_token;
       }
       outputs.push_back(std::move(out));
     }
   }
-  for (const auto& [seq_id, f] : finished) {
-    const Request& req = scheduler_->request_of(seq_id);
-    if (all_finished(req)) prompt_logprobs_done_.erase(req.request_id);
+  num_generation_tokens_ += static_cast<int64_t>(outputs.size());
+  for (size_t r = 0; r < num_rows; ++r) {
+    if (filled[r].finish_reason != FinishReason::None && all_finished(*filled[r].request)) {
+      prompt_logprobs_done_.erase(filled[r].request->request_id);
+    }
   }
   return outputs;
 }

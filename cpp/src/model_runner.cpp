@@ -100,6 +100,12 @@ std::unique_ptr<Communicator> group_if(bool needed, const std::string& name, con
 
 }  // namespace
 
+void DeferredInputIds::scatter_into(const at::Tensor& input_ids) const {
+  if (empty()) return;
+  const std::vector<at::Tensor> index = upload<int64_t>({part(token_indices), part(rows)}, input_ids.device());
+  input_ids.index_copy_(0, index[0], sampled_ids.index_select(0, index[1]));
+}
+
 ModelRunner::ModelRunner(const ModelConfig& model, const EngineConfig& engine, WeightMap weights,
                          c10::Device device, c10::ScalarType dtype)
     : model_config_(model),
@@ -156,8 +162,17 @@ int32_t ModelRunner::num_device_blocks() const { return static_cast<int32_t>(kv_
 int32_t ModelRunner::num_host_blocks() const { return static_cast<int32_t>(kv_cache_->num_host_blocks); }
 int64_t ModelRunner::bytes_per_block() const { return kv_cache_->bytes_per_block; }
 
-at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices,
+                                const DeferredInputIds& deferred) {
   check_plan(plan, logits_indices);
+  if (deferred.token_indices.size() != deferred.rows.size()) {
+    throw std::invalid_argument("DeferredInputIds: token_indices and rows must have the same length");
+  }
+  for (int64_t index : deferred.token_indices) {
+    if (index < 0 || index >= plan.num_tokens()) {
+      throw std::invalid_argument("DeferredInputIds: token index out of range");
+    }
+  }
   c10::InferenceMode guard;
   KVCache& cache = *kv_cache_;
 
@@ -179,19 +194,21 @@ at::Tensor ModelRunner::execute(const StepPlan& plan, const std::vector<int64_t>
   if (plan.num_tokens() == 0) {
     return at::empty({0, model_config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
   }
-  if (decode_graphs_ && decode_graphs_->accepts(plan, logits_indices)) return decode_graphs_->run(plan);
-  return run_stage(plan, logits_indices);
+  if (decode_graphs_ && decode_graphs_->accepts(plan, logits_indices)) return decode_graphs_->run(plan, deferred);
+  return run_stage(plan, logits_indices, deferred);
 }
 
 // One forward pass of this rank's stage. Hidden states go stage to stage over the pipeline group
 // (send / recv between ranks with the same tp_rank); the last stage's tp_rank 0 sends the logits
 // back to rank 0. No micro-batches: one stage works at a time.
-at::Tensor ModelRunner::run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
+at::Tensor ModelRunner::run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices,
+                                  const DeferredInputIds& deferred) {
   const int64_t num_tokens = plan.num_tokens();
   ForwardInputs in;
   {
     RECORD_USER_SCOPE("fastpage::prepare_inputs");
     in = upload_inputs(plan, logits_indices, device_);
+    deferred.scatter_into(in.input_ids);
   }
   at::Tensor stage_input;
   if (!shard_.first_stage()) {

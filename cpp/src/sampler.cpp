@@ -2,12 +2,15 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/argmax.h>
+#include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "host_to_device.h"
 #include "sampling/device_sampling.h"
 #include "sampling/logits_processors.h"
 #include "sampling/logprobs.h"
@@ -47,16 +50,9 @@ int32_t num_top_logprobs(const SamplingParams& params) {
 
 // Greedy rows that no processor touches: argmax straight on their logits rows, no copy. (A plain
 // loop: ATen's CPU argmax measured no faster per row, and batching would first gather the rows.)
-// On a GPU the argmax of every logits row runs there and only the ids come back to the host.
 void sample_plain_greedy(const at::Tensor& logits, const std::vector<SamplingRow>& rows,
                          const std::vector<int64_t>& row_indices, std::vector<int32_t>& tokens) {
   if (row_indices.empty()) return;
-  if (!logits.is_cpu()) {
-    const at::Tensor row_argmax = at::argmax(logits, /*dim=*/1).to(at::kCPU);
-    const int64_t* best = row_argmax.const_data_ptr<int64_t>();
-    for (int64_t i : row_indices) tokens[i] = static_cast<int32_t>(best[rows[i].logits_row]);
-    return;
-  }
   const int64_t vocab = logits.size(1);
   const float* logits_data = logits.const_data_ptr<float>();
   at::parallel_for(0, static_cast<int64_t>(row_indices.size()), 1, [&](int64_t begin, int64_t end) {
@@ -65,6 +61,18 @@ void sample_plain_greedy(const at::Tensor& logits, const std::vector<SamplingRow
       tokens[row_indices[i]] = sampling::argmax(logits_data + row.logits_row * vocab, vocab);
     }
   });
+}
+
+// Every row plain greedy on a GPU: the argmax runs there and the ids stay there until wait().
+PendingSample launch_greedy_on_device(const at::Tensor& logits, const std::vector<SamplingRow>& rows) {
+  at::Tensor ids = at::argmax(logits, /*dim=*/1);
+  std::vector<int64_t> logits_rows;
+  logits_rows.reserve(rows.size());
+  for (const SamplingRow& row : rows) logits_rows.push_back(row.logits_row);
+  bool one_per_logits_row = static_cast<int64_t>(rows.size()) == logits.size(0);
+  for (size_t r = 0; one_per_logits_row && r < rows.size(); ++r) one_per_logits_row = logits_rows[r] == int64_t(r);
+  if (!one_per_logits_row) ids = ids.index_select(0, upload<int64_t>({part(logits_rows)}, logits.device())[0]);
+  return PendingSample::copying(ids.to(at::kInt), std::vector<TokenLogprobs>(rows.size()));
 }
 
 // The other rows, each on its own float32 copy: processors, then argmax or a seeded draw.
@@ -97,7 +105,43 @@ bool wants_logprobs(const SamplingParams& params) {
   return params.logprobs.has_value() || params.best_of > params.n || params.beam_width > 0;
 }
 
-SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<SamplingRow>& rows) const {
+PendingSample PendingSample::completed(SampleResult result, at::Tensor tokens) {
+  PendingSample pending;
+  pending.tokens_ = std::move(tokens);
+  pending.result_ = std::move(result);
+  return pending;
+}
+
+PendingSample PendingSample::copying(at::Tensor device_tokens, std::vector<TokenLogprobs> logprobs) {
+  PendingSample pending;
+  const c10::Device device = device_tokens.device();
+  pending.host_tokens_ = at::empty({device_tokens.size(0)}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  pending.host_tokens_.copy_(device_tokens, /*non_blocking=*/true);
+  c10::Event copied(device.type());
+  copied.record(c10::impl::getDeviceGuardImpl(device.type())->getStream(device));
+  pending.copied_.emplace(std::move(copied));
+  pending.tokens_ = std::move(device_tokens);
+  pending.result_.logprobs = std::move(logprobs);
+  return pending;
+}
+
+SampleResult PendingSample::wait() {
+  if (copied_) {
+    copied_->synchronize();
+    copied_.reset();
+    const int32_t* ids = host_tokens_.const_data_ptr<int32_t>();
+    result_.tokens.assign(ids, ids + host_tokens_.numel());
+    for (size_t r = 0; r < result_.tokens.size(); ++r) result_.logprobs[r].token = result_.tokens[r];
+    host_tokens_ = at::Tensor();
+  }
+  return std::move(result_);
+}
+
+SampleResult Sampler::sample(const at::Tensor& logits, const std::vector<SamplingRow>& rows) const {
+  return launch(logits, rows).wait();
+}
+
+PendingSample Sampler::launch(const at::Tensor& logits_in, const std::vector<SamplingRow>& rows) const {
   check_logits(logits_in);
   const int64_t vocab = logits_in.size(1);
   for (const SamplingRow& row : rows) validate_row(row, logits_in.size(0), vocab);
@@ -110,10 +154,11 @@ SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<Samp
     any_logprobs = any_logprobs || wants_logprobs(*rows[i].params);
   }
   // Device logits never come to the host: rows that need more than their argmax run on the device.
-  if (!logits_in.is_cpu() && (!processed.empty() || any_logprobs)) {
-    return sampling::sample_on_device(logits_in, rows);
+  if (!logits_in.is_cpu()) {
+    if (!processed.empty() || any_logprobs) return sampling::launch_on_device(logits_in, rows);
+    return launch_greedy_on_device(logits_in, rows);
   }
-  const at::Tensor logits = logits_in.is_cpu() ? cpu_float_logits(logits_in) : logits_in;
+  const at::Tensor logits = cpu_float_logits(logits_in);
   SampleResult result;
   result.tokens.resize(rows.size());
   {
@@ -131,7 +176,9 @@ SampleResult Sampler::sample(const at::Tensor& logits_in, const std::vector<Samp
                         &result.logprobs[i]});
   }
   if (!requests.empty()) sampling::compute_logprobs(logits, requests);
-  return result;
+  at::Tensor tokens = at::empty({static_cast<int64_t>(rows.size())}, at::TensorOptions().dtype(at::kInt));
+  std::copy(result.tokens.begin(), result.tokens.end(), tokens.data_ptr<int32_t>());
+  return PendingSample::completed(std::move(result), std::move(tokens));
 }
 
 std::vector<TokenLogprobs> Sampler::score(const at::Tensor& logits_in, const std::vector<int32_t>& tokens,

@@ -7,7 +7,7 @@ import collections.abc
 import enum
 import torch
 import typing
-__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
+__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FilledToken', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'PLACEHOLDER_TOKEN', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
 class NormType(enum.Enum):
     LayerNorm: typing.ClassVar[NormType]
     RMSNorm: typing.ClassVar[NormType]
@@ -77,6 +77,7 @@ class ParallelConfig:
     tp_rank: typing.Final[int]
     world_size: typing.Final[int]
 class EngineConfig:
+    async_scheduling: bool | None
     enable_chunked_prefill: bool
     enable_prefix_caching: bool
     enforce_eager: bool
@@ -217,9 +218,11 @@ class PrefixCache:
     num_hit_tokens: typing.Final[int]
     num_queried_tokens: typing.Final[int]
 class Sequence:
+    awaiting_token: typing.Final[bool]
     block_hashes: typing.Final[list[int]]
     block_table: typing.Final[list[int]]
     cumulative_logprob: typing.Final[float]
+    ends_with_awaited_token: typing.Final[bool]
     finish_reason: typing.Final[FinishReason]
     finished: typing.Final[bool]
     index: typing.Final[int]
@@ -252,6 +255,10 @@ class FinishedSeq:
     reason: typing.Final[FinishReason]
     seq_id: typing.Final[int]
     stop_token: typing.Final[int]
+class FilledToken:
+    accepted: typing.Final[bool]
+    finish_reason: typing.Final[FinishReason]
+    stop_token: typing.Final[int]
 class Scheduler:
     def __init__(self, config: EngineConfig, max_model_len: typing.SupportsInt | typing.SupportsIndex, num_device_blocks: typing.SupportsInt | typing.SupportsIndex, num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -260,6 +267,8 @@ class Scheduler:
     def add_request(self, request_id: str, prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: CSamplingParams, eos_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], priority: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
         ...
     def check_invariants(self) -> None:
+        ...
+    def fill(self, tokens: collections.abc.Sequence[SampledToken]) -> list[FilledToken]:
         ...
     def find_request(self, request_id: str) -> Request | None:
         ...
@@ -272,6 +281,8 @@ class Scheduler:
     def request_index(self, request_id: str) -> int | None:
         ...
     def request_of(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> Request:
+        ...
+    def reserve(self, seq_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
         ...
     def reset_prefix_cache(self) -> None:
         ...
@@ -364,6 +375,7 @@ class Engine:
         ...
     def step(self) -> list[StepOutput]:
         ...
+    async_scheduling: typing.Final[bool]
     max_model_len: typing.Final[int]
     num_device_blocks: typing.Final[int]
 class ModelShard:
@@ -395,3 +407,4 @@ def pipeline_layer_range(num_layers: typing.SupportsInt | typing.SupportsIndex, 
     ...
 def wants_logprobs(params: CSamplingParams) -> bool:
     ...
+PLACEHOLDER_TOKEN: int = -1

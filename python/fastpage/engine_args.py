@@ -34,6 +34,9 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None  # KV-cache bytes (CPU default 4 GiB; GPU: gpu_memory_utilization)
     num_gpu_blocks_override: int | None = None
     max_logprobs: int = 20
+    # Launch step N+1 before step N's sampled ids reach the host (outputs come one step later).
+    # None: on for CUDA with one rank, off otherwise; True needs tensor x pipeline parallel size 1.
+    async_scheduling: bool | None = None
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N"
     # Tensor / pipeline parallelism: rank 0 (this process) hosts the rendezvous at
     # distributed_master_addr:distributed_master_port (None: a free port); the process groups that
@@ -80,6 +83,9 @@ class EngineArgs:
                              f"got {self.kv_cache_dtype!r}.")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be non-negative, got {self.max_logprobs}.")
+        if self.async_scheduling and self.world_size > 1:
+            raise ValueError("async_scheduling needs tensor_parallel_size x pipeline_parallel_size = 1, got "
+                             f"{self.world_size}: the workers would need each step's sampled ids.")
 
     @property
     def world_size(self) -> int:
@@ -124,6 +130,7 @@ class EngineArgs:
         config.enforce_eager = self.enforce_eager
         config.seed = self.seed
         config.max_logprobs = self.max_logprobs
+        config.async_scheduling = self.async_scheduling
         batched = self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
         if not self.enable_chunked_prefill:
             batched = max(batched, max_model_len)  # a whole prompt must fit in one step
@@ -184,6 +191,10 @@ class EngineArgs:
                                  "the default is 1 GiB)")
         parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
         parser.add_argument("--max-logprobs", type=int, default=defaults.max_logprobs)
+        parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                            default=defaults.async_scheduling,
+                            help="overlap the host's turn with the GPU step: outputs come one step later "
+                                 "(default: on for CUDA with one rank)")
         parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
         return parser
 

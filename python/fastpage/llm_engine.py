@@ -198,7 +198,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Runs one engine step; returns the cumulative output of every request that progressed
         (finished ones included, after which they are forgotten); a request whose output_kind is
-        FINAL_ONLY only once it finished."""
+        FINAL_ONLY only once it finished. With async scheduling the tokens are those of the step
+        before (launched in the previous call); has_unfinished_requests() stays true until they came."""
         requests = self._requests
         progressed: dict[str, RequestState] = {}
         # Per sequence and step this is the host's critical path at large batches: each attribute of

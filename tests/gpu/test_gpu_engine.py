@@ -153,9 +153,10 @@ def hf_greedy(model, prompt, num_tokens):
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
 def test_greedy_generation_matches_hf(checkpoint, enforce_eager):
     """Mixed-length prompts, half of them behind a shared prefix that is already cached, prefilled
-    in chunks of at most 64 tokens, decodes through CUDA graphs (batch 6 padded to 8) or eagerly:
-    the 64 greedy tokens equal HF's, or the first difference is a near-tie (the two tokens' HF
-    logits differ by less than HF's own bf16 error on that row)."""
+    in chunks of at most 64 tokens, decodes through CUDA graphs (batch 6 padded to 8) or eagerly,
+    with async scheduling (on by default on CUDA): the 64 greedy tokens equal HF's, or the first
+    difference is a near-tie (the two tokens' HF logits differ by less than HF's own bf16 error on
+    that row)."""
     from fastpage import LLM, SamplingParams
 
     path, hf_bf16, hf_fp32 = checkpoint
@@ -163,6 +164,7 @@ def test_greedy_generation_matches_hf(checkpoint, enforce_eager):
     prompts = (random_prompts([1, 30, 150], seed=3, prefix=prefix) + random_prompts([5, 200, 77], seed=4))
     llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, max_num_batched_tokens=64,
               enable_prefix_caching=True, gpu_memory_utilization=0.5, enforce_eager=enforce_eager)
+    assert llm.llm_engine.engine.async_scheduling
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True, detokenize=False)
     llm.generate([{"prompt_token_ids": prefix + [5]}], SamplingParams(max_tokens=1, detokenize=False),
                  use_tqdm=False)
@@ -191,6 +193,44 @@ def test_greedy_generation_matches_hf(checkpoint, enforce_eager):
     assert stats["num_free_device_blocks"] == stats["num_device_blocks"], stats
     del llm
     free_cuda_memory()
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_async_scheduling_gives_the_tokens_of_sync_scheduling(checkpoint, enforce_eager):
+    """The same requests with async_scheduling off and on: greedy rows of different lengths (one
+    token, a stop id), seeded sampling with penalties and n=2 (the device sampler, launched without
+    waiting), logprobs (completed at once): identical tokens, finish reasons and logprobs, and
+    every block free afterwards."""
+    from fastpage import LLM, SamplingParams
+
+    path, hf_bf16, _ = checkpoint
+    prompts = random_prompts([1, 30, 150, 5, 200, 77, 12], seed=6)
+    stop_id = hf_greedy(hf_bf16, prompts[1], 12)[0][10]
+    greedy = dict(temperature=0.0, ignore_eos=True, detokenize=False)
+    params = [SamplingParams(max_tokens=40, **greedy),
+              SamplingParams(max_tokens=64, stop_token_ids=[stop_id], **greedy),
+              SamplingParams(max_tokens=17, **greedy), SamplingParams(max_tokens=1, **greedy),
+              SamplingParams(n=2, temperature=0.8, top_p=0.95, seed=3, repetition_penalty=1.1, max_tokens=33,
+                             ignore_eos=True, detokenize=False),
+              SamplingParams(temperature=0.7, top_k=50, seed=4, max_tokens=50, ignore_eos=True, detokenize=False),
+              SamplingParams(max_tokens=9, logprobs=2, **greedy)]
+    results = {}
+    for async_scheduling in (False, True):
+        llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, max_num_batched_tokens=64,
+                  gpu_memory_utilization=0.5, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
+        assert llm.llm_engine.engine.async_scheduling == async_scheduling
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        results[async_scheduling] = [
+            [(c.token_ids, c.finish_reason, c.stop_reason,
+              [{t: round(lp.logprob, 3) for t, lp in step.items()} for step in c.logprobs or []]) for c in o.outputs]
+            for o in outputs]
+        stats = llm.llm_engine.get_stats()
+        assert stats["num_free_device_blocks"] == stats["num_device_blocks"], stats
+        llm.llm_engine.engine.check_invariants()
+        del llm
+        free_cuda_memory()
+    assert results[True] == results[False]
+    assert [len(c[0]) for c in results[True][3]] == [1]
 
 
 def test_kv_cache_sized_by_gpu_memory_utilization(checkpoint):

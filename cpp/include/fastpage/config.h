@@ -1,6 +1,7 @@
 // Engine and model configuration: plain structs, filled by Python from HF/GGUF files or by a C++ service.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace fastpage {
@@ -84,6 +85,10 @@ struct EngineConfig {
   bool enforce_eager = false;
   uint64_t seed = 0;
   int64_t max_logprobs = 20;
+  // Launch step N+1 before step N's sampled ids reach the host (vLLM's async_scheduling): step()
+  // then returns step N's outputs one call later. Unset: on for CUDA with world_size 1, else off.
+  // true with world_size > 1 is an error (the workers would need the ids).
+  std::optional<bool> async_scheduling;
   ParallelConfig parallel;
 };
 

@@ -4,6 +4,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -46,6 +47,13 @@ struct EngineStats {
 
 class ControlPlane;
 
+// step() runs one scheduler step. With async scheduling (EngineConfig.async_scheduling) it launches
+// step N and only then waits for step N-1's sampled ids, so the host's turn (update, outputs, the
+// caller's handling of them, the next schedule and launch) overlaps the device's work: call N
+// returns step N-1's outputs, and a sequence that finishes at N-1 (EOS, a stop id, a stop string)
+// computes one discarded token in step N. A step whose rows want logprobs (or beam search, best_of
+// > n) completes in its own call, as every step does without async scheduling.
+//
 // With config.parallel.world_size() > 1 the Engine is rank 0: it holds stage 0 / tp_rank 0's shard,
 // schedules, sends every step's plan to the fastpage::Worker ranks, and samples. A failed collective
 // makes step() throw std::runtime_error, and every later step() too; the destructor tells the
@@ -68,11 +76,23 @@ class Engine {
   const Scheduler& scheduler() const { return *scheduler_; }
   const ModelConfig& model_config() const { return model_config_; }
   const EngineConfig& config() const { return config_; }
+  bool async_scheduling() const { return async_scheduling_; }
 
  private:
   void collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits,
                                const std::vector<std::pair<int64_t, int64_t>>& prompt_rows);
   bool all_finished(const Request& request) const;
+  // The plan's input tokens that are the in-flight step's sampled ids.
+  DeferredInputIds deferred_inputs(const StepPlan& plan) const;
+  // Waits for the in-flight step's ids, appends them (Scheduler::fill) and returns its outputs.
+  std::vector<StepOutput> complete_in_flight();
+
+  // A sampled step whose ids have not been appended yet: its rows' sequences, in row order.
+  struct InFlightStep {
+    PendingSample sample;
+    std::vector<int64_t> seq_ids;
+    std::unordered_map<int64_t, int64_t> row_of;  // seq_id -> row (async only: the next plan gathers by it)
+  };
 
   ModelConfig model_config_;
   EngineConfig config_;
@@ -82,6 +102,8 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   Sampler sampler_;
   uint64_t next_seed_;
+  bool async_scheduling_ = false;
+  std::optional<InFlightStep> in_flight_;
   // Prompt logprobs gathered over a prompt's chunks, handed out with the first sampled token.
   std::unordered_map<std::string, std::vector<TokenLogprobs>> pending_prompt_logprobs_;
   std::unordered_set<std::string> prompt_logprobs_done_;  // not again after a recompute preemption

@@ -23,6 +23,18 @@ namespace fastpage {
 //   up_proj.weight[/bias], down_proj.weight[/bias]. Linear weights are [out_features, in_features].
 using WeightMap = std::unordered_map<std::string, at::Tensor>;
 
+// Input tokens whose ids were sampled by the step before and are still on the device (async
+// scheduling): the plan holds kPlaceholderToken there, and the runner gathers the ids on the device.
+struct DeferredInputIds {
+  at::Tensor sampled_ids;              // int32 [rows] on the runner's device: the previous step's ids
+  std::vector<int64_t> token_indices;  // flattened input token of the plan
+  std::vector<int64_t> rows;           // its row of sampled_ids
+
+  bool empty() const { return token_indices.empty(); }
+  // input_ids[token_indices[i]] = sampled_ids[rows[i]], on the device (two small kernels).
+  void scatter_into(const at::Tensor& input_ids) const;
+};
+
 class DecoderModel;
 class DecodeGraphs;
 class Communicator;
@@ -45,11 +57,13 @@ class ModelRunner {
   // Applies the plan's swaps and copies, runs the forward pass, and returns float32 logits
   // [logits_indices.size(), vocab] for the flattened token indices asked for. Under pipeline
   // parallelism only rank 0 gets them (other ranks get an undefined tensor); std::runtime_error when
-  // a collective with another rank fails.
-  at::Tensor execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices);
+  // a collective with another rank fails. Queued on the device's stream without waiting for it.
+  at::Tensor execute(const StepPlan& plan, const std::vector<int64_t>& logits_indices,
+                     const DeferredInputIds& deferred = {});
 
  private:
-  at::Tensor run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices);
+  at::Tensor run_stage(const StepPlan& plan, const std::vector<int64_t>& logits_indices,
+                       const DeferredInputIds& deferred);
 
   ModelConfig model_config_;
   EngineConfig engine_config_;

@@ -8,8 +8,10 @@
 // Gumbel-max trick over counter-based noise keyed by (seed, position, token id).
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/Event.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "fastpage/sampling_params.h"
@@ -41,6 +43,31 @@ struct SampleResult {
   std::vector<TokenLogprobs> logprobs;
 };
 
+// A sample launched and not yet waited for. On a GPU the ids are copied to pinned host memory
+// behind the sampler's kernels; wait() blocks on that copy alone. Complete at launch on the CPU, and
+// on a GPU when a row wants logprobs (they are computed at launch).
+class PendingSample {
+ public:
+  PendingSample() = default;
+  // Done: the result, and its ids as an int32 tensor on the logits' device.
+  static PendingSample completed(SampleResult result, at::Tensor tokens);
+  // In flight: `device_tokens` [rows] int32 on a GPU; `logprobs` (one per row) get their tokens at wait().
+  static PendingSample copying(at::Tensor device_tokens, std::vector<TokenLogprobs> logprobs);
+
+  // The sampled ids, int32 [rows] in row order, on the logits' device (what the next step's input
+  // ids are gathered from, before the ids reach the host).
+  const at::Tensor& tokens() const { return tokens_; }
+  bool complete() const { return !copied_.has_value(); }
+  // Blocks until the ids are on the host; call once.
+  SampleResult wait();
+
+ private:
+  at::Tensor tokens_;
+  at::Tensor host_tokens_;             // pinned int32, the copy's destination
+  std::optional<c10::Event> copied_;  // recorded behind the copy
+  SampleResult result_;
+};
+
 // Rows whose sampled token's logprob is computed: asked for (logprobs), or needed by the engine to
 // rank sequences by cumulative logprob (best_of > n, beam search).
 bool wants_logprobs(const SamplingParams& params);
@@ -53,6 +80,9 @@ class Sampler {
   // Throws std::invalid_argument for a logits_row or a token id (logit_bias, allowed_token_ids,
   // bad_words, stop/eos ids, penalised token_ids) outside the tensor or the vocabulary.
   SampleResult sample(const at::Tensor& logits, const std::vector<SamplingRow>& rows) const;
+  // sample() without waiting for a GPU: the ids stay on the device until wait(). The rows' token_ids
+  // are read at launch only.
+  PendingSample launch(const at::Tensor& logits, const std::vector<SamplingRow>& rows) const;
   // Logprobs of given tokens under each logits row (prompt_logprobs, beam search): tokens[i] is
   // scored under row i; num_top < 0 means the whole vocabulary.
   static std::vector<TokenLogprobs> score(const at::Tensor& logits, const std::vector<int32_t>& tokens,

@@ -27,6 +27,16 @@ struct FinishedSeq {
   int32_t stop_token = -1;  // the stop_token_ids entry that ended it; -1 for EOS and Length
 };
 
+// What fill() did with one sampled token.
+struct FilledToken {
+  // The sequence it was appended to (valid until the next schedule()); null when dropped: the
+  // sequence finished meanwhile (abort, finish_sequence) or is gone.
+  const Sequence* seq = nullptr;
+  const Request* request = nullptr;
+  FinishReason finish_reason = FinishReason::None;  // None: it goes on
+  int32_t stop_token = -1;
+};
+
 // One step, in order: running sequences (in (priority, arrival) order: decodes, or the next chunk of
 // a chunked prefill), then swapped ones come back, then waiting ones are admitted, all within
 // max_num_batched_tokens and max_num_seqs. Nothing is swapped in or admitted in a step that had
@@ -55,7 +65,16 @@ class Scheduler {
   // Appends sampled tokens, finishes sequences (EOS, stop ids, max_tokens, min_tokens, ignore_eos,
   // max_model_len, or a length the whole device pool cannot hold) and frees their blocks.
   // Returns the sequences that finished in this call.
+  // update() is reserve() then fill() in one call.
   std::vector<FinishedSeq> update(const std::vector<SampledToken>& tokens);
+  // Async scheduling, in two halves: reserve() appends kPlaceholderToken to each sequence (scheduled
+  // to sample, at most one placeholder each) whose token is sampled but not yet on the host, so the
+  // next schedule() plans its decode with the right positions and slots; a sequence whose reserved
+  // token is its last by length is not scheduled again. fill() (one per reserve(), in the same order
+  // or later) replaces the placeholders and applies update()'s finish rules; a token whose sequence
+  // finished meanwhile is dropped, one preempted meanwhile keeps it. Returns one entry per token.
+  void reserve(const std::vector<int64_t>& seq_ids);
+  std::vector<FilledToken> fill(const std::vector<SampledToken>& tokens);
   // Shares all of seq_id's blocks with a new Running sequence of the same request (n > 1, beam
   // search); the fork runs right after its request's other sequences. Returns its seq_id.
   int64_t fork(int64_t seq_id);

@@ -13,6 +13,10 @@ enum class SequenceStatus : uint8_t { Waiting, Running, Swapped, Finished };
 // Stop: EOS or a stop token id (stop_token says which). Length: max_tokens or max_model_len.
 enum class FinishReason : uint8_t { None, Stop, Length, Abort };
 
+// The last token id of a sequence whose sampled token has not reached the host yet (async
+// scheduling): Scheduler::reserve appends it, Scheduler::fill replaces it.
+inline constexpr int32_t kPlaceholderToken = -1;
+
 struct Sequence {
   int64_t seq_id = -1;
   int64_t request_index = -1;  // index of the owning Request in the scheduler
@@ -29,6 +33,8 @@ struct Sequence {
   int32_t stop_token = -1;
   double cumulative_logprob = 0.0;
   int32_t num_preemptions = 0;
+  bool awaiting_token = false;  // the last token id is kPlaceholderToken
+  bool ends_with_awaited_token = false;  // that token is its last by length: not scheduled again
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }

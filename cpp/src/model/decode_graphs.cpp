@@ -10,7 +10,9 @@ DecodeGraphs::DecodeGraphs(const DecoderModel&, const KVCache&, int64_t, int64_t
 }
 DecodeGraphs::~DecodeGraphs() = default;
 bool DecodeGraphs::accepts(const StepPlan&, const std::vector<int64_t>&) const { return false; }
-at::Tensor DecodeGraphs::run(const StepPlan&) { throw std::logic_error("CUDA graphs need a build with CUDA"); }
+at::Tensor DecodeGraphs::run(const StepPlan&, const DeferredInputIds&) {
+  throw std::logic_error("CUDA graphs need a build with CUDA");
+}
 }  // namespace fastpage
 #else
 }  // namespace fastpage
@@ -126,11 +128,12 @@ struct DecodeGraphs::Impl {
     slots.narrow(0, 0, bs).copy_(host_slots, /*non_blocking=*/true);
   }
 
-  at::Tensor run(const StepPlan& plan) {
+  at::Tensor run(const StepPlan& plan, const DeferredInputIds& deferred) {
     const int64_t n = static_cast<int64_t>(plan.seqs.size());
     const int64_t bs = bucket(n);
     const int64_t max_context = context_bucket(plan);
     load(plan, bs);
+    deferred.scatter_into(ints.narrow(0, 0, n));  // input_ids come first in the static buffer
     auto found = graphs.find({bs, max_context});
     if (found == graphs.end()) {
       // First step of this size: run it eagerly, then capture the same pass for the steps to come.
@@ -173,7 +176,9 @@ bool DecodeGraphs::accepts(const StepPlan& plan, const std::vector<int64_t>& log
   return true;
 }
 
-at::Tensor DecodeGraphs::run(const StepPlan& plan) { return impl_->run(plan); }
+at::Tensor DecodeGraphs::run(const StepPlan& plan, const DeferredInputIds& deferred) {
+  return impl_->run(plan, deferred);
+}
 
 }  // namespace fastpage
 #endif  // FASTPAGE_WITH_CUDA

@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "fastpage/model_runner.h"
 #include "fastpage/step_plan.h"
 
 namespace fastpage {
@@ -26,7 +27,8 @@ class DecodeGraphs {
   // A step the graphs can run: every sequence decodes one token and wants its logits, in order.
   bool accepts(const StepPlan& plan, const std::vector<int64_t>& logits_indices) const;
   // float32 logits [num_seqs, vocab] (a copy: the graph's own output is rewritten by the next replay).
-  at::Tensor run(const StepPlan& plan);
+  // `deferred` ids are gathered into the static input buffer before the replay.
+  at::Tensor run(const StepPlan& plan, const DeferredInputIds& deferred);
 
  private:
   struct Impl;

@@ -152,7 +152,7 @@ void fill_logprobs(const at::Tensor& logits, const std::vector<SamplingRow>& row
 
 }  // namespace
 
-SampleResult sample_on_device(const at::Tensor& logits, const std::vector<SamplingRow>& rows) {
+PendingSample launch_on_device(const at::Tensor& logits, const std::vector<SamplingRow>& rows) {
   const int64_t vocab = logits.size(1);
   const DeviceInputs in(rows, vocab);
   const c10::Device device = logits.device();
@@ -169,17 +169,18 @@ SampleResult sample_on_device(const at::Tensor& logits, const std::vector<Sampli
   apply_processors(x, in, longs, floats);
   const at::Tensor tokens = ops::sample_tokens(x.contiguous(), floats[0], longs[1], floats[1], floats[2],
                                                 longs[2], longs[3]);
+  at::Tensor ids = tokens.to(at::kInt);
+  const bool any_logprobs =
+      std::any_of(rows.begin(), rows.end(), [](const SamplingRow& row) { return wants_logprobs(*row.params); });
+  if (!any_logprobs) return PendingSample::copying(std::move(ids), std::vector<TokenLogprobs>(rows.size()));
 
   SampleResult result;
-  const at::Tensor host_tokens = tokens.cpu();  // the step's one wait for the device
-  result.tokens.resize(rows.size());
+  const at::Tensor host_tokens = ids.cpu();  // the step's wait for the device
+  result.tokens.assign(host_tokens.const_data_ptr<int32_t>(), host_tokens.const_data_ptr<int32_t>() + rows.size());
   result.logprobs.resize(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    result.tokens[r] = static_cast<int32_t>(host_tokens.const_data_ptr<int64_t>()[r]);
-    result.logprobs[r].token = result.tokens[r];
-  }
+  for (size_t r = 0; r < rows.size(); ++r) result.logprobs[r].token = result.tokens[r];
   fill_logprobs(logits, rows, tokens, result);
-  return result;
+  return PendingSample::completed(std::move(result), std::move(ids));
 }
 
 }  // namespace fastpage::sampling

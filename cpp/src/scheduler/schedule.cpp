@@ -125,7 +125,8 @@ StepPlan Scheduler::schedule() {
   bool preempted = false;
   for (auto it = s.running.begin(); it != s.running.end() && room();) {
     Sequence& seq = s.seq(it->seq_id);
-    const int32_t num_new = chunk(seq);
+    // A sequence whose in-flight token is its last waits for fill() to finish it.
+    const int32_t num_new = seq.ends_with_awaited_token ? 0 : chunk(seq);
     if (num_new == 0) {
       ++it;
       continue;

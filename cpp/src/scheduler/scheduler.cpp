@@ -83,7 +83,17 @@ void Scheduler::State::extend_block_hashes(Sequence& seq) {
   }
 }
 
+bool Scheduler::State::reached_length_limit(const Sequence& seq) const {
+  return seq.num_output_tokens() >= request(seq).params.max_tokens || seq.num_tokens() >= max_seq_len;
+}
+
 void Scheduler::State::finish(Sequence& seq, FinishReason reason, int32_t stop_token) {
+  if (seq.awaiting_token) {  // its sampled token will be dropped: no placeholder outlives it
+    seq.token_ids.pop_back();
+    seq.num_computed_tokens = std::min(seq.num_computed_tokens, seq.num_tokens());  // it may have been scheduled
+    seq.awaiting_token = false;
+    seq.ends_with_awaited_token = false;
+  }
   if (auto* queue = queue_of(seq.status)) queue->erase(key(seq));
   device.free_all(seq.block_table);
   host.free_all(seq.swapped_blocks);
@@ -185,17 +195,51 @@ bool Scheduler::abort_request(const std::string& request_id) {
 }
 
 std::vector<FinishedSeq> Scheduler::update(const std::vector<SampledToken>& tokens) {
+  std::vector<int64_t> seq_ids;
+  seq_ids.reserve(tokens.size());
+  for (const SampledToken& sampled : tokens) seq_ids.push_back(sampled.seq_id);
+  reserve(seq_ids);
+  std::vector<FinishedSeq> finished;
+  const std::vector<FilledToken> filled = fill(tokens);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (filled[i].finish_reason != FinishReason::None) {
+      finished.push_back({tokens[i].seq_id, filled[i].finish_reason, filled[i].stop_token});
+    }
+  }
+  return finished;
+}
+
+void Scheduler::reserve(const std::vector<int64_t>& seq_ids) {
   State& s = *state_;
   std::lock_guard lock(s.mutex);
-  std::vector<FinishedSeq> finished;
-  for (const SampledToken& sampled : tokens) {
-    Sequence& seq = s.seq(sampled.seq_id);
-    if (seq.finished()) continue;  // aborted or finished between schedule() and update()
-    if (seq.status != SequenceStatus::Running || seq.num_computed_tokens != seq.num_tokens()) {
-      throw std::invalid_argument("update: seq_id " + std::to_string(seq.seq_id) +
+  for (int64_t seq_id : seq_ids) {
+    Sequence& seq = s.seq(seq_id);
+    if (seq.finished()) continue;  // aborted or finished between schedule() and here: fill() drops it
+    if (seq.status != SequenceStatus::Running || seq.awaiting_token || seq.num_computed_tokens != seq.num_tokens()) {
+      throw std::invalid_argument("reserve: seq_id " + std::to_string(seq.seq_id) +
                                   " was not scheduled to sample a token");
     }
-    seq.token_ids.push_back(sampled.token);
+    seq.token_ids.push_back(kPlaceholderToken);
+    seq.awaiting_token = true;
+    seq.ends_with_awaited_token = s.reached_length_limit(seq);
+  }
+}
+
+std::vector<FilledToken> Scheduler::fill(const std::vector<SampledToken>& tokens) {
+  State& s = *state_;
+  std::lock_guard lock(s.mutex);
+  std::vector<FilledToken> filled(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const SampledToken& sampled = tokens[i];
+    auto it = s.seqs.find(sampled.seq_id);
+    if (it == s.seqs.end() || it->second.finished()) continue;  // finished meanwhile: the token is dropped
+    Sequence& seq = it->second;
+    if (!seq.awaiting_token) {
+      throw std::invalid_argument("fill: seq_id " + std::to_string(seq.seq_id) + " has no reserved token");
+    }
+    seq.token_ids.back() = sampled.token;
+    seq.awaiting_token = false;
+    seq.ends_with_awaited_token = false;
     seq.cumulative_logprob += sampled.logprob;
     s.extend_block_hashes(seq);
 
@@ -211,16 +255,12 @@ std::vector<FinishedSeq> Scheduler::update(const std::vector<SampledToken>& toke
         stop_token = sampled.token;
       }
     }
-    if (reason == FinishReason::None &&
-        (seq.num_output_tokens() >= params.max_tokens || seq.num_tokens() >= s.max_seq_len)) {
-      reason = FinishReason::Length;
-    }
-    if (reason != FinishReason::None) {
-      s.finish(seq, reason, stop_token);
-      finished.push_back({seq.seq_id, reason, stop_token});
-    }
+    if (reason == FinishReason::None && s.reached_length_limit(seq)) reason = FinishReason::Length;
+    // Waiting or Swapped (preempted since the reserve) is fine: finish() takes it off its queue.
+    if (reason != FinishReason::None) s.finish(seq, reason, stop_token);
+    filled[i] = {&seq, &req, reason, stop_token};
   }
-  return finished;
+  return filled;
 }
 
 int64_t Scheduler::fork(int64_t seq_id) {
@@ -229,6 +269,9 @@ int64_t Scheduler::fork(int64_t seq_id) {
   Sequence& parent = s.seq(seq_id);
   if (parent.status != SequenceStatus::Running) {
     throw std::invalid_argument("fork: seq_id " + std::to_string(seq_id) + " is not running");
+  }
+  if (parent.awaiting_token) {
+    throw std::invalid_argument("fork: seq_id " + std::to_string(seq_id) + " awaits its sampled token");
   }
   Request& req = s.requests.at(parent.request_index);
   const int64_t child_id = s.next_seq_id++;

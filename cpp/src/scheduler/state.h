@@ -60,7 +60,10 @@ struct Scheduler::State {
 
   // Chained hashes of any newly full blocks of seq.token_ids (no-op with caching off).
   void extend_block_hashes(Sequence& seq);
-  // Frees the sequence's blocks, takes it off its queue, marks it Finished.
+  // Its last token ends it by length: max_tokens outputs or max_seq_len tokens.
+  bool reached_length_limit(const Sequence& seq) const;
+  // Frees the sequence's blocks, takes it off its queue, drops a reserved placeholder, marks
+  // it Finished.
   void finish(Sequence& seq, FinishReason reason, int32_t stop_token);
   void erase_request(int64_t request_index);
 
