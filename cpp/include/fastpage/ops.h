@@ -35,6 +35,14 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
 // (float32 or the activation dtype), rotary_dim == head_dim; query/key [T, H * D] or [T, H, D].
 void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                       const at::Tensor& cos_sin_cache, int64_t head_dim);
+// rotary_embedding(positions, query, key, cos_sin_cache, head_dim) followed by
+// reshape_and_cache(key, value, key_cache, value_cache, slot_mapping), with the same results bit for bit
+// (the rotated key is what the cache receives), in one kernel on CUDA: a decode step's two small
+// launches per layer become one. key/value [T, H_kv, D]; slot_mapping int64; rotary_dim == head_dim.
+void rotary_embedding_and_cache(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                                const at::Tensor& value, const at::Tensor& cos_sin_cache, int64_t head_dim,
+                                const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                const at::Tensor& slot_mapping);
 // x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:]
 at::Tensor silu_and_mul(const at::Tensor& x);
 

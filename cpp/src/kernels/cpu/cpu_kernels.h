@@ -51,6 +51,9 @@ inline void check_kv_cache_dtype(const at::Tensor& key_cache, const at::Tensor& 
               value_cache.scalar_type(), " must equal key_cache dtype ", key_cache.scalar_type());
 }
 
+// reshape_and_cache's input checks (shapes, dtypes, slots within the cache), `op` prefixing the errors.
+void check_cache_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                              const at::Tensor& value_cache, const at::Tensor& slot_mapping, const char* op);
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
                        const at::Tensor& value_cache, const at::Tensor& slot_mapping);
 void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
@@ -62,6 +65,10 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
                         double eps);
 void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                       const at::Tensor& cos_sin_cache, int64_t head_dim);
+void rotary_embedding_and_cache(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                                const at::Tensor& value, const at::Tensor& cos_sin_cache, int64_t head_dim,
+                                const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                const at::Tensor& slot_mapping);
 at::Tensor silu_and_mul(const at::Tensor& x);
 void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping);
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
