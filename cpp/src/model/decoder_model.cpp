@@ -240,12 +240,15 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
     q = ops::rms_norm(q, layer.q_norm, c.norm_eps);
     k = ops::rms_norm(k, layer.k_norm, c.norm_eps);
   }
-  if (c.position_type == PositionType::Rotary) {
-    ops::rotary_embedding(in.positions, q, k, cos_sin_cache_, c.head_dim);
-  }
   const at::Tensor& key_cache = cache.key(layer_index);
   const at::Tensor& value_cache = cache.value(layer_index);
-  ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
+  if (c.position_type == PositionType::Rotary) {
+    // One kernel rotates q and k in place and writes the rotated k and v into the cache.
+    ops::rotary_embedding_and_cache(in.positions, q, k, v, cos_sin_cache_, c.head_dim, key_cache, value_cache,
+                                    in.slot_mapping);
+  } else {
+    ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
+  }
   ops::paged_attention(scratch.attn_out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,
                        in.block_tables, attn_scale_, in.max_query_len, in.max_context_len);
   at::Tensor& out = linear_layer(scratch.o_proj, scratch.attn_out.view({num_tokens, q_size}), layer.o_weight,
