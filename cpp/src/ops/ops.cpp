@@ -78,4 +78,9 @@ at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T s
   return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);
 }
 
+at::Tensor argmax_rows(T logits) {
+  static auto op = find_op<at::Tensor(T)>("fastpage::argmax_rows");
+  return op.call(logits);
+}
+
 }  // namespace fastpage::ops

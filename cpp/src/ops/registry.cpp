@@ -24,4 +24,5 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("small_batch_linear_silu_and_mul(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
   m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
         "Tensor seeds, Tensor positions) -> Tensor");
+  m.def("argmax_rows(Tensor logits) -> Tensor");
 }

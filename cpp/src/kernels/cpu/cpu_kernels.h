@@ -75,6 +75,7 @@ void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor&
 at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
                          const at::Tensor& positions);
+at::Tensor argmax_rows(const at::Tensor& logits);
 
 // Elements of work below which a kernel runs on the calling thread (ATen's at::internal::GRAIN_SIZE).
 // A parallel region costs an OpenMP fork and join (microseconds on an idle machine, a scheduler time

@@ -18,4 +18,5 @@ TORCH_LIBRARY_IMPL(fastpage, CPU, m) {
   m.impl("small_batch_linear", &cpu::small_batch_linear_op);
   m.impl("small_batch_linear_silu_and_mul", &cpu::small_batch_linear_silu_and_mul_op);
   m.impl("sample_tokens", &cpu::sample_tokens);
+  m.impl("argmax_rows", &cpu::argmax_rows);
 }
