@@ -27,7 +27,7 @@ constexpr int kMaxSplitRows = 4096;
 
 // Zero when the module loads (one copy per device); every split launch leaves its rows' counters at zero.
 // Two launches on one device must not overlap in time (the engine samples on one stream).
-__device__ unsigned int argmax_row_tickets[kMaxSplitRows];
+__device__ unsigned int argmax_row_tickets[kMaxSplitRows] = {};
 
 // Order key of a logit for the maximum: NaN above every number (torch.argmax returns a row's first
 // NaN), -0.0 the same as 0.0 (adding +0.0 turns -0.0 into +0.0).

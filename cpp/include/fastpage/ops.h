@@ -79,7 +79,8 @@ at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature
 // Greedy ids: int64 [rows], the first index of each row's maximum in logits [rows, vocab] (float32,
 // bfloat16 or float16, last dim contiguous), as torch.argmax(logits, 1): NaN counts as larger than
 // every number (a row with NaN gives its first NaN), -0.0 equals 0.0. On CUDA one launch of several
-// blocks per row (a 1 x 128k row is spread over the GPU, not one block).
+// blocks per row (a 1 x 128k row is spread over the GPU, not one block) that count in a per-device
+// ticket table: calls on one device must not run concurrently on two streams. Graph-capturable.
 at::Tensor argmax_rows(const at::Tensor& logits);
 
 }  // namespace fastpage::ops
