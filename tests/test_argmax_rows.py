@@ -81,12 +81,15 @@ def test_infinities_nan_and_signed_zero(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_strided_and_misaligned_rows(device, gen):
-    """A column slice (row stride != vocab, not a multiple of 16 bytes) and a row slice starting
-    mid-allocation (the first row not 16-byte aligned)."""
+    """Column slices (row stride != vocab; a multiple of 16 bytes or not), rows starting off a 16-byte
+    boundary with an aligned stride, and a view starting mid-allocation."""
     wide = torch.randn(6, 7001, generator=gen).to(device)
     check(wide[:, :6999])
     check(wide.view(-1)[3:3 + 5 * 7001].view(5, 7001))
     check(wide.to(torch.bfloat16)[1:, 1:])
+    aligned_stride = torch.randn(5, 7004, generator=gen).to(device)
+    check(aligned_stride[:, 1:])
+    check(aligned_stride[:, :5000])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -63,6 +63,7 @@ def test_fused_equals_rotary_then_cache_write(device, dtype, fp8_cache, position
     slots[[3, 7]] = -1
     slot_mapping = slots.to(device)
     expected_q = ref_rotary_embedding(positions.cpu(), q.cpu(), cos_sin.cpu(), head_dim)
+    caches_before = key_cache.cpu(), value_cache.cpu()
 
     fused, two = run_both(positions, q, k, v, cos_sin, head_dim, key_cache, value_cache, slot_mapping)
     for name, a, b in zip(("query", "key", "key_cache", "value_cache"), fused, two):
@@ -70,8 +71,7 @@ def test_fused_equals_rotary_then_cache_write(device, dtype, fp8_cache, position
     # And the two ops are what they claim (so equality above is not equality of two wrong things).
     torch.testing.assert_close(fused[0].cpu().float(), expected_q, **TOL[dtype])
     cast = to_fp8_e4m3 if fp8_cache else (lambda x: x)
-    expected_kc, expected_vc = ref_reshape_and_cache(cast(fused[1].cpu()), cast(v.cpu()), two[2].cpu(),
-                                                     two[3].cpu(), slots)
+    expected_kc, expected_vc = ref_reshape_and_cache(cast(fused[1].cpu()), cast(v.cpu()), *caches_before, slots)
     assert same_bits(fused[2].cpu(), expected_kc) and same_bits(fused[3].cpu(), expected_vc)
 
 
