@@ -69,4 +69,61 @@ __global__ void copy_blocks_kernel(CopyBlocksArgs args) {
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) to[i] = from[i];
 }
 
+// ---- launcher checks (host), shared by reshape_and_cache and rotary_embedding_and_cache -----------
+
+// Every stride after dimension `first` describes a contiguous layout.
+inline bool contiguous_from(const at::Tensor& t, int64_t first) {
+  int64_t expected = 1;
+  for (int64_t d = t.dim() - 1; d >= first; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  return true;
+}
+
+// Checks a cache write of key/value [tokens, num_kv_heads, head_dim] into key_cache/value_cache at
+// slot_mapping; returns the number of tokens written (slot_mapping's length: tokens past it are padding).
+inline int64_t check_cache_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                                        const at::Tensor& value_cache, const at::Tensor& slot_mapping,
+                                        const char* op) {
+  for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}, {&key_cache, "key_cache"},
+                         {&value_cache, "value_cache"}, {&slot_mapping, "slot_mapping"}}) {
+    check_cuda(*t, op, name);
+    check_same_device(key_cache, *t, op, name);
+  }
+  check_dim(key, 3, op, "key");
+  check_dim(key_cache, 4, op, "key_cache");
+  check_dim(slot_mapping, 1, op, "slot_mapping");
+  TORCH_CHECK(value.sizes() == key.sizes(), op, ": value shape ", value.sizes(), " != key shape ", key.sizes());
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(), op,
+              ": value_cache must have key_cache's shape and strides");
+  const int64_t num_tokens = slot_mapping.size(0), num_kv_heads = key.size(1), head_dim = key.size(2);
+  TORCH_CHECK(num_tokens <= key.size(0), op, ": slot_mapping has ", num_tokens, " entries but key has only ",
+              key.size(0), " tokens");
+  TORCH_CHECK(key_cache.size(2) == num_kv_heads && key_cache.size(3) == head_dim, op,
+              ": key_cache [num_blocks, block_size, ", num_kv_heads, ", ", head_dim, "] expected, got ",
+              key_cache.sizes());
+  check_dtype(value, key.scalar_type(), op, "value");
+  check_kv_cache_dtype(key_cache, value_cache, key.scalar_type(), op);
+  for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}}) {
+    TORCH_CHECK(contiguous_from(*t, 1), op, ": ", name, " must be contiguous within a token");
+  }
+  TORCH_CHECK(key_cache.stride(3) == 1, op, ": key_cache head_dim must be contiguous");
+  return num_tokens;
+}
+
+// Whether 16-byte loads of key/value rows (Vec16<T>) and their VEC-element stores into caches of C line
+// up at every token, slot and head (head_dim % VEC is the caller's to check).
+template <typename T, typename C>
+bool cache_write_vectorizable(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                              const at::Tensor& value_cache) {
+  const int64_t es = sizeof(T), cs = sizeof(C), cache_align = Vec16<T>::kSize * cs;
+  const auto aligned = [](const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+  return is_aligned16(key.data_ptr()) && is_aligned16(value.data_ptr()) &&
+         aligned(key_cache.data_ptr(), cache_align) && aligned(value_cache.data_ptr(), cache_align) &&
+         (key.stride(0) * es) % 16 == 0 && (value.stride(0) * es) % 16 == 0 &&
+         (key_cache.stride(0) * cs) % cache_align == 0 && (key_cache.stride(1) * cs) % cache_align == 0 &&
+         (key_cache.stride(2) * cs) % cache_align == 0;
+}
+
 }  // namespace fastpage::cuda

@@ -9,45 +9,12 @@
 namespace fastpage::cuda {
 namespace {
 
-// Every stride after dimension `first` describes a contiguous layout.
-bool contiguous_from(const at::Tensor& t, int64_t first) {
-  int64_t expected = 1;
-  for (int64_t d = t.dim() - 1; d >= first; --d) {
-    if (t.size(d) != 1 && t.stride(d) != expected) return false;
-    expected *= t.size(d);
-  }
-  return true;
-}
-
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
                        const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
   constexpr const char* op = "reshape_and_cache";
-  for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}, {&key_cache, "key_cache"},
-                         {&value_cache, "value_cache"}, {&slot_mapping, "slot_mapping"}}) {
-    check_cuda(*t, op, name);
-    check_same_device(key_cache, *t, op, name);
-  }
-  check_dim(key, 3, op, "key");
-  check_dim(key_cache, 4, op, "key_cache");
-  check_dim(slot_mapping, 1, op, "slot_mapping");
-  TORCH_CHECK(value.sizes() == key.sizes(), op, ": value shape ", value.sizes(), " != key shape ",
-                    key.sizes());
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.strides() == key_cache.strides(),
-                    op, ": value_cache must have key_cache's shape and strides");
-  // Tokens past slot_mapping's length (padding) are not written.
-  const int64_t num_tokens = slot_mapping.size(0), num_kv_heads = key.size(1), head_dim = key.size(2);
-  TORCH_CHECK(num_tokens <= key.size(0), op, ": slot_mapping has ", num_tokens, " entries but key has only ",
-              key.size(0), " tokens");
-  TORCH_CHECK(key_cache.size(2) == num_kv_heads && key_cache.size(3) == head_dim, op,
-                    ": key_cache [num_blocks, block_size, ", num_kv_heads, ", ", head_dim, "] expected, got ",
-                    key_cache.sizes());
-  check_dtype(value, key.scalar_type(), op, "value");
-  check_kv_cache_dtype(key_cache, value_cache, key.scalar_type(), op);
-  for (auto [t, name] : {std::pair{&key, "key"}, {&value, "value"}}) {
-    TORCH_CHECK(contiguous_from(*t, 1), op, ": ", name, " must be contiguous within a token");
-  }
-  TORCH_CHECK(key_cache.stride(3) == 1, op, ": key_cache head_dim must be contiguous");
+  const int64_t num_tokens = check_cache_write_inputs(key, value, key_cache, value_cache, slot_mapping, op);
   if (num_tokens == 0) return;
+  const int64_t num_kv_heads = key.size(1), head_dim = key.size(2);
 
   const c10::cuda::CUDAGuard guard(key_cache.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -57,13 +24,7 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
       dispatch_index_types(slots, op, "slot_mapping", [&]<typename I>() {
         // VEC elements of T are read per access (16 bytes) and VEC elements of C written.
         constexpr int kVec = Vec16<T>::kSize;
-        const int64_t es = sizeof(T), cs = sizeof(C), cache_align = kVec * cs;
-        const auto aligned = [](const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
-        const bool vec_ok = head_dim % kVec == 0 && is_aligned16(key.data_ptr()) &&
-                            is_aligned16(value.data_ptr()) && aligned(key_cache.data_ptr(), cache_align) &&
-                            aligned(value_cache.data_ptr(), cache_align) && (key.stride(0) * es) % 16 == 0 &&
-                            (value.stride(0) * es) % 16 == 0 && (key_cache.stride(0) * cs) % cache_align == 0 &&
-                            (key_cache.stride(1) * cs) % cache_align == 0 && (key_cache.stride(2) * cs) % cache_align == 0;
+        const bool vec_ok = head_dim % kVec == 0 && cache_write_vectorizable<T, C>(key, value, key_cache, value_cache);
         const int vec = vec_ok ? kVec : 1;
         const int threads = static_cast<int>(std::min<int64_t>(512, (num_kv_heads * head_dim / vec + 31) / 32 * 32));
         auto launch = [&](auto kernel) {

@@ -97,6 +97,13 @@ struct alignas(16) Vec16 {
 
 inline bool is_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// N contiguous elements of T moved as one access: a kernel templated on N runs a vector path
+// (N = Vec16<T>::kSize, 16 bytes) and a scalar fallback (N = 1) with the same code.
+template <typename T, int N>
+struct alignas(N * sizeof(T)) Pack {
+  T v[N];
+};
+
 // ---- reductions ---------------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float x) {

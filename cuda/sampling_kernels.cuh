@@ -9,20 +9,12 @@
 
 #include "../cpp/src/sampling/counter_rng.h"
 #include "common.cuh"
+#include "order_key.cuh"
 
 namespace fastpage::cuda {
 
 constexpr int kSampleThreads = 512;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-// Order-preserving float -> uint32 (a larger float has a larger key) and back.
-__device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t bits = __float_as_uint(x);
-  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
-}
-__device__ __forceinline__ float key_value(uint32_t key) {
-  return __uint_as_float((key & 0x80000000u) ? key & 0x7fffffffu : ~key);
-}
 
 struct ArgMax {
   float value;

@@ -320,3 +320,84 @@ def test_fp8_decode_with_queries_outside_f16_range(query_scale, gen):
                                             generator=gen))
     batch.query.mul_(query_scale)
     check(batch, torch.bfloat16)
+
+
+# --- rotary_embedding_and_cache and argmax_rows (the decode step's small kernels) ------------------
+# The shared CPU/CUDA tests are tests/test_rotary_embedding_and_cache.py and tests/test_argmax_rows.py;
+# these add the CUDA-only paths: the scalar fallback, large grids, CUDA-graph replays.
+
+from kernel_reference import make_cos_sin_cache  # noqa: E402
+from test_argmax_rows import LLAMA3_VOCAB, ref_argmax  # noqa: E402
+from test_rotary_embedding_and_cache import qkv_views, random_caches, run_both, same_bits  # noqa: E402
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16_cache", "fp8_cache"])
+@pytest.mark.parametrize("head_dim,num_tokens", [(40, 9), (128, 1000)], ids=["scalar_path", "prefill_1000"])
+def test_rotary_embedding_and_cache_is_the_two_ops(cache_dtype, head_dim, num_tokens, gen):
+    """Head dim 40 (half 20: no 16-byte pieces of bf16) takes the scalar path; 1000 prefill tokens of
+    Llama-3-8B's heads the vector path over a large grid."""
+    q, k, v = qkv_views(num_tokens, 32, 8, head_dim, torch.bfloat16, "cuda", gen)
+    num_blocks, block_size = (num_tokens + 40) // 16, 16
+    key_cache, value_cache = random_caches(num_blocks, block_size, 8, head_dim, cache_dtype, "cuda", gen)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=gen).to("cuda", torch.int32)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[::7] = -1
+    cos_sin = make_cos_sin_cache(4096, head_dim, dtype=torch.bfloat16, device="cuda")
+    fused, two = run_both(positions, q, k, v, cos_sin, head_dim, key_cache, value_cache, slots.cuda())
+    for a, b in zip(fused, two):
+        assert same_bits(a, b)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16_cache", "fp8_cache"])
+def test_rotary_embedding_and_cache_replays_in_a_cuda_graph(cache_dtype, gen):
+    """The decode graph's use: Llama-3-8B heads at batch 4 (one padding row, slot -1), captured once,
+    replayed on new q/k/v, positions and slots written in place."""
+    q, k, v = qkv_views(4, 32, 8, 128, torch.bfloat16, "cuda", gen)
+    key_cache, value_cache = random_caches(8, 16, 8, 128, cache_dtype, "cuda", gen)
+    positions = torch.zeros(4, dtype=torch.int32, device="cuda")
+    slots = torch.full((4,), -1, dtype=torch.int64, device="cuda")
+    cos_sin = make_cos_sin_cache(2048, 128, dtype=torch.bfloat16, device="cuda")
+    args = (positions, q, k, v, cos_sin, 128, key_cache, value_cache, slots)
+    ops.rotary_embedding_and_cache(*args)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.rotary_embedding_and_cache(*args)
+    for _ in range(2):
+        new_q, new_k, new_v = qkv_views(4, 32, 8, 128, torch.bfloat16, "cuda", gen)
+        q.copy_(new_q), k.copy_(new_k), v.copy_(new_v)
+        positions.copy_(torch.randint(0, 2048, (4,), generator=gen))
+        slots.copy_(torch.cat([torch.randperm(128, generator=gen)[:3], torch.tensor([-1])]))
+        two = [t.clone() for t in (q, k, key_cache, value_cache)]
+        ops.rotary_embedding(positions, two[0], two[1], cos_sin, 128)
+        ops.reshape_and_cache(two[1], v, two[2], two[3], slots)
+        graph.replay()
+        for a, b in zip((q, k, key_cache, value_cache), two):
+            assert same_bits(a, b)
+
+
+def test_argmax_rows_back_to_back_launches_leave_no_tickets_behind(gen):
+    """Row counts that split rows over many blocks (tickets), a few, and none (1 block per row, also
+    past the ticket table's 4096 rows), one launch after another: a ticket left non-zero would let a
+    later launch merge a row before all its blocks wrote their partials."""
+    for rows, vocab in [(1, LLAMA3_VOCAB), (2, 70000), (7, 50000), (1, LLAMA3_VOCAB), (100, 20000),
+                        (1500, 3000), (5000, 2500), (3, 99991), (1, 1025)]:
+        logits = torch.randn(rows, vocab, generator=gen).to("cuda")
+        assert torch.equal(ops.argmax_rows(logits).cpu(), ref_argmax(logits)), (rows, vocab)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_argmax_rows_replays_in_a_cuda_graph(rows, gen):
+    """Captured once over Llama 3's vocabulary (every row split over many blocks), replayed on new
+    logits: the merging block of each row resets its ticket, so every replay starts from zero."""
+    logits = torch.zeros(rows, LLAMA3_VOCAB, device="cuda")
+    ops.argmax_rows(logits)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.argmax_rows(logits)
+    for replay in range(4):
+        new = torch.randn(rows, LLAMA3_VOCAB, generator=gen)
+        if replay == 3:
+            new[:, [100, 128000]] = 50.0  # a tie across the row: the first
+        logits.copy_(new)
+        graph.replay()
+        assert torch.equal(out.cpu(), ref_argmax(new))

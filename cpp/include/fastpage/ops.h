@@ -35,6 +35,14 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
 // (float32 or the activation dtype), rotary_dim == head_dim; query/key [T, H * D] or [T, H, D].
 void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                       const at::Tensor& cos_sin_cache, int64_t head_dim);
+// rotary_embedding(positions, query, key, cos_sin_cache, head_dim) followed by
+// reshape_and_cache(key, value, key_cache, value_cache, slot_mapping), with the same results bit for bit
+// (the rotated key is what the cache receives), in one kernel on CUDA: a decode step's two small
+// launches per layer become one. key/value [T, H_kv, D]; slot_mapping int64; rotary_dim == head_dim.
+void rotary_embedding_and_cache(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                                const at::Tensor& value, const at::Tensor& cos_sin_cache, int64_t head_dim,
+                                const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                const at::Tensor& slot_mapping);
 // x [..., 2 * d] -> silu(x[..., :d]) * x[..., d:]
 at::Tensor silu_and_mul(const at::Tensor& x);
 
@@ -67,5 +75,12 @@ void small_batch_linear_silu_and_mul(const at::Tensor& out, const at::Tensor& x,
 at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
                          const at::Tensor& positions);
+
+// Greedy ids: int64 [rows], the first index of each row's maximum in logits [rows, vocab] (float32,
+// bfloat16 or float16, last dim contiguous), as torch.argmax(logits, 1): NaN counts as larger than
+// every number (a row with NaN gives its first NaN), -0.0 equals 0.0. On CUDA one launch of several
+// blocks per row (a 1 x 128k row is spread over the GPU, not one block) that count in a per-device
+// ticket table: calls on one device must not run concurrently on two streams. Graph-capturable.
+at::Tensor argmax_rows(const at::Tensor& logits);
 
 }  // namespace fastpage::ops

@@ -42,6 +42,12 @@ void rotary_embedding(T positions, T query, T key, T cos_sin_cache, int64_t head
   op.call(positions, query, key, cos_sin_cache, head_dim);
 }
 
+void rotary_embedding_and_cache(T positions, T query, T key, T value, T cos_sin_cache, int64_t head_dim,
+                                T key_cache, T value_cache, T slot_mapping) {
+  static auto op = find_op<void(T, T, T, T, T, int64_t, T, T, T)>("fastpage::rotary_embedding_and_cache");
+  op.call(positions, query, key, value, cos_sin_cache, head_dim, key_cache, value_cache, slot_mapping);
+}
+
 at::Tensor silu_and_mul(T x) {
   static auto op = find_op<at::Tensor(T)>("fastpage::silu_and_mul");
   return op.call(x);
@@ -70,6 +76,11 @@ void small_batch_linear_silu_and_mul(T out, T x, T weight) {
 at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
   static auto op = find_op<at::Tensor(T, T, T, T, T, T, T)>("fastpage::sample_tokens");
   return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);
+}
+
+at::Tensor argmax_rows(T logits) {
+  static auto op = find_op<at::Tensor(T)>("fastpage::argmax_rows");
+  return op.call(logits);
 }
 
 }  // namespace fastpage::ops

@@ -14,6 +14,9 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor cos_sin_cache, "
         "int head_dim) -> ()");
+  m.def("rotary_embedding_and_cache(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor value, "
+        "Tensor cos_sin_cache, int head_dim, Tensor(c!) key_cache, Tensor(d!) value_cache, "
+        "Tensor slot_mapping) -> ()");
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("copy_blocks(Tensor(a!)[] caches, Tensor block_mapping) -> ()");
   m.def("swap_blocks(Tensor src, Tensor(a!) dst, Tensor block_mapping) -> ()");
@@ -21,4 +24,5 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("small_batch_linear_silu_and_mul(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
   m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
         "Tensor seeds, Tensor positions) -> Tensor");
+  m.def("argmax_rows(Tensor logits) -> Tensor");
 }

@@ -60,9 +60,8 @@ void write_fp8_slots(const at::Tensor& key, const at::Tensor& value, const at::T
 
 }  // namespace
 
-void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
-                       const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
-  constexpr const char* op = "fastpage.reshape_and_cache: ";
+void check_cache_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                              const at::Tensor& value_cache, const at::Tensor& slot_mapping, const char* op) {
   check_kv_caches(key_cache, value_cache, op);
   const int64_t num_heads = key_cache.size(2);
   const int64_t head_dim = key_cache.size(3);
@@ -90,9 +89,19 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at:
     TORCH_CHECK(slots[t] < num_slots, op, "slot_mapping[", t, "] = ", slots[t],
                 " is outside the cache's ", num_slots, " slots");
   }
+  if (key_cache.scalar_type() == at::kFloat8_e4m3fn) check_float_dtype(key, op, "key");
+}
+
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                       const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  constexpr const char* op = "fastpage.reshape_and_cache: ";
+  check_cache_write_inputs(key, value, key_cache, value_cache, slot_mapping, op);
+  const int64_t num_heads = key_cache.size(2);
+  const int64_t head_dim = key_cache.size(3);
+  const int64_t num_tokens = slot_mapping.size(0);
+  const int64_t* slots = slot_mapping.const_data_ptr<int64_t>();
 
   if (key_cache.scalar_type() == at::kFloat8_e4m3fn) {
-    check_float_dtype(key, op, "key");
     FASTPAGE_DISPATCH_FLOAT_TYPES(key.scalar_type(), "fastpage_reshape_and_cache_fp8", [&] {
       write_fp8_slots<scalar_t>(key, value, key_cache, value_cache, slots, num_tokens);
     });

@@ -51,6 +51,9 @@ inline void check_kv_cache_dtype(const at::Tensor& key_cache, const at::Tensor& 
               value_cache.scalar_type(), " must equal key_cache dtype ", key_cache.scalar_type());
 }
 
+// reshape_and_cache's input checks (shapes, dtypes, slots within the cache), `op` prefixing the errors.
+void check_cache_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                              const at::Tensor& value_cache, const at::Tensor& slot_mapping, const char* op);
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
                        const at::Tensor& value_cache, const at::Tensor& slot_mapping);
 void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
@@ -62,12 +65,17 @@ void fused_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
                         double eps);
 void rotary_embedding(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                       const at::Tensor& cos_sin_cache, int64_t head_dim);
+void rotary_embedding_and_cache(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                                const at::Tensor& value, const at::Tensor& cos_sin_cache, int64_t head_dim,
+                                const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                const at::Tensor& slot_mapping);
 at::Tensor silu_and_mul(const at::Tensor& x);
 void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping);
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
                          const at::Tensor& positions);
+at::Tensor argmax_rows(const at::Tensor& logits);
 
 // Elements of work below which a kernel runs on the calling thread (ATen's at::internal::GRAIN_SIZE).
 // A parallel region costs an OpenMP fork and join (microseconds on an idle machine, a scheduler time
