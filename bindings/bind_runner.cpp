@@ -19,7 +19,7 @@ void bind_runner(py::module_& m) {
       .def(
           "execute",
           [](ModelRunner& runner, const StepPlan& plan, const std::vector<int64_t>& logits_indices) {
-            return runner.execute(plan, logits_indices);
+            return runner.execute(plan, logits_indices).clone();  // Python may keep them past the next step
           },
           py::arg("plan"), py::arg("logits_indices"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_device_blocks", &ModelRunner::num_device_blocks)

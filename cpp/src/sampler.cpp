@@ -1,7 +1,6 @@
 #include "fastpage/sampler.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/argmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -10,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "fastpage/ops.h"
 #include "host_to_device.h"
 #include "sampling/device_sampling.h"
 #include "sampling/logits_processors.h"
@@ -65,7 +65,7 @@ void sample_plain_greedy(const at::Tensor& logits, const std::vector<SamplingRow
 
 // Every row plain greedy on a GPU: the argmax runs there and the ids stay there until wait().
 PendingSample launch_greedy_on_device(const at::Tensor& logits, const std::vector<SamplingRow>& rows) {
-  at::Tensor ids = at::argmax(logits, /*dim=*/1);
+  at::Tensor ids = ops::argmax_rows(logits);
   std::vector<int64_t> logits_rows;
   logits_rows.reserve(rows.size());
   for (const SamplingRow& row : rows) logits_rows.push_back(row.logits_row);

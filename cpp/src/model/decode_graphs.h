@@ -26,7 +26,8 @@ class DecodeGraphs {
 
   // A step the graphs can run: every sequence decodes one token and wants its logits, in order.
   bool accepts(const StepPlan& plan, const std::vector<int64_t>& logits_indices) const;
-  // float32 logits [num_seqs, vocab] (a copy: the graph's own output is rewritten by the next replay).
+  // float32 logits [num_seqs, vocab]: a view of the graph's own output, rewritten by the next replay of
+  // that graph (the engine enqueues every read of a step's logits before the next step's replay).
   // `deferred` ids are gathered into the static input buffer before the replay.
   at::Tensor run(const StepPlan& plan, const DeferredInputIds& deferred);
 
