@@ -226,24 +226,17 @@ struct MmaConfig {
   static_assert(kStagingBytes % 16 == 0);
 };
 
-// How an fp8 cache's values meet the MMAs (FASTPAGE_ATTN_VARIANT picks one for the decode kernel):
-// kFp8AsQueryType converts K and V to the query's type; with a bf16 query that costs 4 instructions
-// per pair of values (e4m3x2 -> f16x2 -> 2 floats -> bf16x2) where f16 needs one, and the fp8 decode
-// kernel is bound by instruction issue, not bytes. kFp8PvInF16 runs P @ V in f16 (P in [0, 1] and e4m3
-// values are exact in f16: P keeps 3 more mantissa bits than in bf16). kFp8AllInF16 also runs Q K^T in
-// f16: each warp scales its query fragment by a power of two so its largest |q| lands in [2^14, 2^15)
-// (exact for every element down to 2^-29 of that largest one; below, f16's absolute error of 2^-25
-// times the largest |q| is far under the bf16 rounding of the largest element) and divides the scores
-// by the same power of two. With an fp16 query the three are the same kernel.
-enum Fp8Mma { kFp8AsQueryType = 0, kFp8PvInF16 = 1, kFp8AllInF16 = 2 };
-
-template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int FP8_MMA>
+// How an fp8 cache's values meet the MMAs: Q K^T runs in the query's type (K converted e4m3x2 -> f16x2,
+// and on to bf16x2 for a bf16 query), P @ V in f16 whatever the query type: e4m3 values are exact in
+// f16, P in [0, 1] keeps 3 more mantissa bits than in bf16, and one cvt per pair of V values is all the
+// conversion P @ V needs. (Measured on the H100 against Q K^T in f16 with a per-warp query scale and
+// against both MMAs in the query's type: bench/NOTES.md, session 4.)
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N>
 __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const AttentionParams p) {
   using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
   static_assert(std::is_same_v<C, T> || std::is_same_v<C, __nv_fp8_e4m3>);
-  // The MMA operand types of Q K^T and P @ V.
-  using QkT = std::conditional_t<Cfg::kFp8 && FP8_MMA == kFp8AllInF16, __half, T>;
-  using PvT = std::conditional_t<Cfg::kFp8 && FP8_MMA != kFp8AsQueryType, __half, T>;
+  // The MMA operand type of P @ V (Q K^T runs in T).
+  using PvT = std::conditional_t<Cfg::kFp8, __half, T>;
   constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds;
   constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
   extern __shared__ uint4 smem_raw[];
@@ -298,32 +291,6 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
         qf[kk][i] = src ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + col) : 0u;
       }
     }
-  }
-  float score_scale = p.scale_log2;  // scores (Q K^T in the MMA's units) -> log2 domain
-  if constexpr (!std::is_same_v<QkT, T>) {
-    float amax = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = unpack2<T>(qf[kk][i]);
-        amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
-      }
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    int exponent = 0;
-    frexpf(amax, &exponent);  // amax < 2^exponent
-    const float q_scale = amax > 0.f ? ldexpf(1.f, min(max(15 - exponent, -100), 100)) : 1.f;
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = unpack2<T>(qf[kk][i]);
-        qf[kk][i] = pack2<__half>(f.x * q_scale, f.y * q_scale);
-      }
-    }
-    score_scale /= q_scale;  // a power of two: exact
   }
 
   float o[kDTiles][4];
@@ -399,8 +366,8 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
                                (lane / 16) * 16);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              mma_16816<QkT>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<QkT>(r[i] & 0xffffu),
-                             fp8x2_to_packed<QkT>(r[i] >> 16));
+              mma_16816<T>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<T>(r[i] & 0xffffu),
+                             fp8x2_to_packed<T>(r[i] >> 16));
             }
           }
         }
@@ -423,7 +390,7 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key_pos = kv0 + n * 8 + 2 * t + i % 2, h = i / 2;
-          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * score_scale : -INFINITY;
+          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * p.scale_log2 : -INFINITY;
           tile_max[h] = fmaxf(tile_max[h], s[n][i]);
         }
       }
