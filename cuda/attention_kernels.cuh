@@ -316,9 +316,10 @@ __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
   constexpr int kQRegFrags = Cfg::kQInSmem ? 1 : HEAD_DIM / 16;
   uint32_t qf[kQRegFrags][4];
   T* q_smem = reinterpret_cast<T*>(reinterpret_cast<char*>(smem_raw) + Cfg::kStagingBytes);
-  if constexpr (Cfg::kQInSmem) {
-    // 8 threads a row, each loading 4-byte pairs 2j, 2j + 16, ... of it (j = tid % 8): the row's address
-    // (a runtime division by G) is computed once per row, not per pair.
+  // With two row blocks per warp the query goes to shared memory, 8 threads a row, each loading 4-byte
+  // pairs 2j, 2j + 16, ... of it (j = tid % 8): the row's address (a runtime division by G) is computed
+  // once per row. Called after the first K/V loads are issued, so their latency overlaps.
+  auto stage_query = [&] {
     constexpr int kThreadsPerRow = 8, kPairsPerThread = HEAD_DIM / (2 * kThreadsPerRow);
     const int j = tid % kThreadsPerRow, col = k_column(2 * j);
     for (int row = tid / kThreadsPerRow; row < kRows; row += Cfg::kThreads / kThreadsPerRow) {
@@ -329,8 +330,8 @@ __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
         *reinterpret_cast<uint32_t*>(dst + 16 * k) = src ? *reinterpret_cast<const uint32_t*>(src + 16 * k) : 0u;
       }
     }
-    // The main loop's first barrier orders these stores before the ldmatrix reads.
-  } else {
+  };
+  if constexpr (!Cfg::kQInSmem) {
     const T* q_row[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) q_row[h] = row_pos[0][h] >= 0 ? query_row(m0 + warp_row0 + g + 8 * h) : nullptr;
@@ -393,6 +394,7 @@ __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
     if (it_begin + i < it_end) load_iteration(it_begin + i, i);
     cp_async_commit();
   }
+  if constexpr (Cfg::kQInSmem) stage_query();  // the main loop's first barrier orders it before the reads
   for (int it = it_begin; it < it_end; ++it) {
     const int stage = (it - it_begin) % kStages;
     // Prefetch kStages - 1 iterations ahead into the stage the previous iteration used, then wait for
@@ -631,27 +633,36 @@ __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
     }
   }
   __syncthreads();
-  for (int idx = tid; idx < kRows * HEAD_DIM; idx += Cfg::kThreads) {
-    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM;
+  // 8 columns per thread and step: the row's merge weights and its (token, head) are computed once per 8.
+  constexpr int kChunks = HEAD_DIM / 8;
+  for (int idx = tid; idx < kRows * kChunks; idx += Cfg::kThreads) {
+    const int row = idx / kChunks, col = (idx % kChunks) * 8;
     const int r = m0 + row;
-    if (r >= num_rows) continue;
+    if (r >= num_rows) break;  // idx only grows
     float m = -INFINITY;
 #pragma unroll
     for (int w = 0; w < WARPS_N; ++w) m = fmaxf(m, max_s[w * kRows + row]);
-    float sum = 0.f, acc = 0.f;
+    float sum = 0.f, acc[8] = {};
 #pragma unroll
     for (int w = 0; w < WARPS_N; ++w) {
       const float scale = exp2f(max_s[w * kRows + row] - safe_max(m));
       sum += sum_s[w * kRows + row] * scale;
-      acc += o_s[(w * kRows + row) * HEAD_DIM + col] * scale;
+      const float4* src = reinterpret_cast<const float4*>(o_s + (w * kRows + row) * HEAD_DIM + col);
+      const float4 lo = src[0], hi = src[1];
+      acc[0] += lo.x * scale, acc[1] += lo.y * scale, acc[2] += lo.z * scale, acc[3] += lo.w * scale;
+      acc[4] += hi.x * scale, acc[5] += hi.y * scale, acc[6] += hi.z * scale, acc[7] += hi.w * scale;
     }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
     const int token = q_start + r / G, head = kv_head * G + r % G;
-    const float value = sum > 0.f ? acc / sum : 0.f;
     if (num_active_splits == 1) {
-      static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] = from_float<T>(value);
+      T* dst = static_cast<T*>(p.out) + token * p.o_token_stride + head * p.o_head_stride + col;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dst[i] = from_float<T>(acc[i] * inv);
     } else {
       const int64_t entry = (static_cast<int64_t>(split) * p.num_tokens + token) * p.num_heads + head;
-      p.partial_out[entry * HEAD_DIM + col] = value;
+      float4* dst = reinterpret_cast<float4*>(p.partial_out + entry * HEAD_DIM + col);
+      dst[0] = make_float4(acc[0] * inv, acc[1] * inv, acc[2] * inv, acc[3] * inv);
+      dst[1] = make_float4(acc[4] * inv, acc[5] * inv, acc[6] * inv, acc[7] * inv);
       if (col == 0) p.partial_lse[entry] = sum > 0.f ? m + log2f(sum) : -INFINITY;
     }
   }
