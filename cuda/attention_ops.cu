@@ -168,7 +168,7 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
 // FASTPAGE_PREFILL_VARIANT = m32 (the default: 4 warps x 32 rows, 32-key tiles, the query in shared
 // memory), m32n64 (the same with 64-key tiles: spills at head_dim 128), w8 (8 warps x 16 rows sharing
 // each 64-key tile, the query in registers), m16 (4 warps x 16 rows, 64-key tiles: the session-4
-// kernel). Read once per process.
+// shape). Read once per process.
 enum class PrefillVariant { kM32, kM32N64, kW8, kM16 };
 
 PrefillVariant prefill_variant() {
