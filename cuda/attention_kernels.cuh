@@ -3,10 +3,12 @@
 // Main kernel (bf16/fp16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16, fp32 accumulation)
 // with an online softmax. A thread block owns one (sequence, KV head, row tile, split): its query rows
 // are the (new token, query head) pairs of the KV head's group, row r = token r / G, head r % G, so
-// every query head sharing a KV head is served by one read of K/V (GQA). Four warps are arranged
-// WARPS_M x WARPS_N: WARPS_M row tiles of 16 rows; WARPS_N warps take turns over the KV tiles and are
-// merged at the end (decode uses 1 x 4, prefill 4 x 1). K/V tiles stream through a two-stage cp.async
-// pipeline (the next tiles load while the current ones are used). Long contexts split over several
+// every query head sharing a KV head is served by one read of K/V (GQA). Warps are arranged
+// WARPS_M x WARPS_N: WARPS_M row tiles of 16 * M_FRAGS rows; WARPS_N warps take turns over the KV tiles
+// and are merged at the end (decode: 1 x 4 warps of 16 rows; prefill: 4 x 1 warps of 32 rows, so each
+// K/V fragment read from shared memory feeds two MMAs). K/V tiles stream through a cp.async pipeline
+// (the next tiles load while the current ones are used); tiles past a row tile's last row are never
+// loaded and only tiles crossing its first row are masked. Long contexts split over several
 // blocks (grid.z). Each split writes its partial output and log-sum-exp; the last split of a
 // (sequence, KV head, row tile) to finish (an atomic ticket per tile) merges them and writes the
 // output, so no second kernel is launched. The tickets live in a __device__ array (zero when the
@@ -124,6 +126,15 @@ __device__ __forceinline__ float2 unpack2(uint32_t x) {
   }
 }
 
+// 2^x by the hardware's approximation with denormal results flushed to zero (exp2f adds a denormal fix-up
+// around it: 3 more instructions per softmax weight; weights below 2^-126 of the row's largest do not
+// matter to the output).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // exp2 of x - m where m may be -inf (a row with no visible key yet): then every term is zero.
 __device__ __forceinline__ float safe_max(float m) { return m == -INFINITY ? 0.f : m; }
 
@@ -202,14 +213,19 @@ __device__ void merge_splits(const AttentionParams& p, float* scratch, int q_sta
 // ---- tensor-core kernel ---------------------------------------------------------------------------
 
 // CACHE_BYTES: bytes of a cache element, 2 (the query's 16-bit type) or 1 (float8_e4m3fn).
-template <int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int CACHE_BYTES>
+// M_FRAGS: 16-row MMA blocks per warp. With 2, every K and V fragment a warp reads from shared memory
+// feeds two MMAs (half the ldmatrix traffic per MMA); the warp's query rows then live in shared memory
+// (read per iteration) because 32 rows of query fragments, O and S do not fit in 255 registers.
+template <int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int CACHE_BYTES, int M_FRAGS>
 struct MmaConfig {
-  static_assert(WARPS_M * WARPS_N == 4 && HEAD_DIM % 16 == 0 && BLOCK_N % 16 == 0);
+  static_assert((WARPS_M * WARPS_N == 4 || WARPS_M * WARPS_N == 8) && HEAD_DIM % 16 == 0 && BLOCK_N % 16 == 0);
+  static_assert(M_FRAGS == 1 || M_FRAGS == 2);
   static constexpr bool kFp8 = CACHE_BYTES == 1;
-  static constexpr int kThreads = 128;
-  static constexpr int kRows = 16 * WARPS_M;   // query rows per block
+  static constexpr bool kQInSmem = M_FRAGS > 1;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kWarpRows = 16 * M_FRAGS;
+  static constexpr int kRows = kWarpRows * WARPS_M;  // query rows per block
   static constexpr int kLds = HEAD_DIM + 8;    // 16-bit tile row pitch (elements): conflict-free ldmatrix
-  static constexpr int kTileElems = BLOCK_N * kLds;
   static constexpr int kTokensPerIter = BLOCK_N * WARPS_N;
   // Stages hold cache elements: rows padded by 16 bytes, so ldmatrix's 8 rows hit distinct banks.
   static constexpr int kCacheLds = kFp8 ? HEAD_DIM + 16 : kLds;
@@ -217,39 +233,37 @@ struct MmaConfig {
   static constexpr int kStageElems = 2 * WARPS_N * kCacheTileElems;             // K and V tiles of one stage
   // cp.async pipeline depth. An fp8 stage carries half the bytes of a 16-bit one, so small fp8 stages
   // (<= 20 KB) keep three in flight instead of one: more KV bytes in flight per SM, which the stream's
-  // bandwidth depends on (no 16-bit copy of the tiles is made).
-  static constexpr int kStages = kFp8 && kStageElems * CACHE_BYTES <= 20 * 1024 ? 4 : 2;
+  // bandwidth depends on (no 16-bit copy of the tiles is made). The same holds for the small 16-bit
+  // stages of 32-key tiles with two row blocks per warp (the prefill shape whose blocks fill the SM).
+  static constexpr bool kSmallStage = kStageElems * CACHE_BYTES <= 20 * 1024;
+  static constexpr int kStages = kSmallStage && (kFp8 || M_FRAGS > 1) ? 4 : 2;
   static constexpr int kStagingBytes = kStages * kStageElems * CACHE_BYTES;
-  static constexpr int kTileBytes = kStagingBytes;
+  static constexpr int kQBytes = kQInSmem ? kRows * kLds * 2 : 0;  // the query tile after the stages
+  static constexpr int kTileBytes = kStagingBytes + kQBytes;
   static constexpr int kEpilogueBytes = WARPS_N * kRows * (HEAD_DIM + 2) * 4;  // O, m, l per warp row
   static constexpr int kSmemBytes = kTileBytes > kEpilogueBytes ? kTileBytes : kEpilogueBytes;
   static_assert(kStagingBytes % 16 == 0);
 };
 
-// How an fp8 cache's values meet the MMAs (FASTPAGE_ATTN_VARIANT picks one for the decode kernel):
-// kFp8AsQueryType converts K and V to the query's type; with a bf16 query that costs 4 instructions
-// per pair of values (e4m3x2 -> f16x2 -> 2 floats -> bf16x2) where f16 needs one, and the fp8 decode
-// kernel is bound by instruction issue, not bytes. kFp8PvInF16 runs P @ V in f16 (P in [0, 1] and e4m3
-// values are exact in f16: P keeps 3 more mantissa bits than in bf16). kFp8AllInF16 also runs Q K^T in
-// f16: each warp scales its query fragment by a power of two so its largest |q| lands in [2^14, 2^15)
-// (exact for every element down to 2^-29 of that largest one; below, f16's absolute error of 2^-25
-// times the largest |q| is far under the bf16 rounding of the largest element) and divides the scores
-// by the same power of two. With an fp16 query the three are the same kernel.
-enum Fp8Mma { kFp8AsQueryType = 0, kFp8PvInF16 = 1, kFp8AllInF16 = 2 };
-
-template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int FP8_MMA>
-__global__ void __launch_bounds__(128) paged_attention_mma_kernel(const AttentionParams p) {
-  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
+// How an fp8 cache's values meet the MMAs: Q K^T runs in the query's type (K converted e4m3x2 -> f16x2,
+// and on to bf16x2 for a bf16 query), P @ V in f16 whatever the query type: e4m3 values are exact in
+// f16, P in [0, 1] keeps 3 more mantissa bits than in bf16, and one cvt per pair of V values is all the
+// conversion P @ V needs. (Measured on the H100 against Q K^T in f16 with a per-warp query scale and
+// against both MMAs in the query's type: bench/NOTES.md, session 4.)
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int M_FRAGS>
+__global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
+    paged_attention_mma_kernel(const AttentionParams p) {
+  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C), M_FRAGS>;
   static_assert(std::is_same_v<C, T> || std::is_same_v<C, __nv_fp8_e4m3>);
-  // The MMA operand types of Q K^T and P @ V.
-  using QkT = std::conditional_t<Cfg::kFp8 && FP8_MMA == kFp8AllInF16, __half, T>;
-  using PvT = std::conditional_t<Cfg::kFp8 && FP8_MMA != kFp8AsQueryType, __half, T>;
-  constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds;
+  // The MMA operand type of P @ V (Q K^T runs in T).
+  using PvT = std::conditional_t<Cfg::kFp8, __half, T>;
+  constexpr int kRows = Cfg::kRows, kLds = Cfg::kLds, MF = M_FRAGS;
   constexpr int kDTiles = HEAD_DIM / 8, kNTiles = BLOCK_N / 8;
   extern __shared__ uint4 smem_raw[];
   C* staging = reinterpret_cast<C*>(smem_raw);
 
-  const int seq = blockIdx.x / p.num_m_tiles, m_tile = blockIdx.x % p.num_m_tiles;
+  // A sequence's last row tiles see the most keys (causal): they start first, so the grid's tail is short.
+  const int seq = blockIdx.x / p.num_m_tiles, m_tile = p.num_m_tiles - 1 - blockIdx.x % p.num_m_tiles;
   const int kv_head = blockIdx.y, split = blockIdx.z;
   const int q_start = p.query_start_loc[seq];
   const int q_len = p.query_start_loc[seq + 1] - q_start;
@@ -260,6 +274,8 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const int prefix = p.context_lens[seq] - q_len;  // position of the first new token
   const int last_row = min(m0 + kRows, num_rows) - 1;
   const int kv_end = max(prefix + last_row / G + 1, 0);  // keys this block can see
+  // Keys up to the block's first row are visible to every row: tiles below it need no causal mask.
+  const int unmasked_end = prefix + m0 / G + 1;
   const int num_iters = (kv_end + Cfg::kTokensPerIter - 1) / Cfg::kTokensPerIter;
   // Splits past this tile's visible keys have nothing to do (a launch sized for a longer context, as a
   // captured CUDA graph is); they take no ticket. With one split left the block writes the output.
@@ -273,63 +289,72 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % WARPS_M, wn = warp / WARPS_M;
   const int g = lane / 4, t = lane % 4;
+  const int warp_row0 = wm * Cfg::kWarpRows;  // this warp's first row in the block
 
-  // This thread's two rows (g and g + 8 of the warp's 16) and their query positions (-1: padding).
-  int row_pos[2];
-  uint32_t qf[HEAD_DIM / 16][4];
-  {
-    const T* q_row[2];
+  // Row r of the block: token r / G of the tile's tokens, query head r % G of the KV head's group.
+  auto query_row = [&](int r) -> const T* {
+    return static_cast<const T*>(p.query) + (q_start + r / G) * p.q_token_stride + (kv_head * G + r % G) * p.q_head_stride;
+  };
+  // With an fp8 cache, MMA k-columns (2t, 2t+1) and (2t+8, 2t+9) of each 16 stand for dimensions 4t..4t+1
+  // and 4t+2..4t+3 (the order in which K's values arrive, see the fp8 loads): the query is loaded in it.
+  auto k_column = [](int dim_pair_start) {  // dim_pair_start even, within a 16-dim chunk: its k-column
+    return Cfg::kFp8 ? 2 * (dim_pair_start / 4) + 8 * ((dim_pair_start / 2) % 2) : dim_pair_start;
+  };
+
+  // This thread's rows (g and g + 8 of each 16-row MMA block) and their query positions (-1: padding).
+  int row_pos[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = m0 + wm * 16 + g + 8 * h;
-      const bool valid = r < num_rows;
-      row_pos[h] = valid ? prefix + r / G : -1;
-      q_row[h] = valid ? static_cast<const T*>(p.query) + (q_start + r / G) * p.q_token_stride +
-                             (kv_head * G + r % G) * p.q_head_stride
-                       : nullptr;
+      const int r = m0 + warp_row0 + mf * 16 + g + 8 * h;
+      row_pos[mf][h] = r < num_rows ? prefix + r / G : -1;
     }
+  }
+  // The query's A fragments: in registers (M_FRAGS 1) or as a [kRows][kLds] tile in shared memory after
+  // the stages, k-columns in MMA order (read with ldmatrix every iteration).
+  constexpr int kQRegFrags = Cfg::kQInSmem ? 1 : HEAD_DIM / 16;
+  uint32_t qf[kQRegFrags][4];
+  T* q_smem = reinterpret_cast<T*>(reinterpret_cast<char*>(smem_raw) + Cfg::kStagingBytes);
+  // With two row blocks per warp the query goes to shared memory, 8 threads a row, each loading 4-byte
+  // pairs 2j, 2j + 16, ... of it (j = tid % 8): the row's address (a runtime division by G) is computed
+  // once per row. Called after the first K/V loads are issued, so their latency overlaps.
+  auto stage_query = [&] {
+    constexpr int kThreadsPerRow = 8, kPairsPerThread = HEAD_DIM / (2 * kThreadsPerRow);
+    const int j = tid % kThreadsPerRow, col = k_column(2 * j);
+    for (int row = tid / kThreadsPerRow; row < kRows; row += Cfg::kThreads / kThreadsPerRow) {
+      const T* src = m0 + row < num_rows ? query_row(m0 + row) + 2 * j : nullptr;
+      T* dst = q_smem + row * kLds + col;
+#pragma unroll
+      for (int k = 0; k < kPairsPerThread; ++k) {
+        *reinterpret_cast<uint32_t*>(dst + 16 * k) = src ? *reinterpret_cast<const uint32_t*>(src + 16 * k) : 0u;
+      }
+    }
+  };
+  if constexpr (!Cfg::kQInSmem) {
+    const T* q_row[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) q_row[h] = row_pos[0][h] >= 0 ? query_row(m0 + warp_row0 + g + 8 * h) : nullptr;
 #pragma unroll
     for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {  // a0: (g, 2t) a1: (g+8, 2t) a2: (g, 2t+8) a3: (g+8, 2t+8)
         const T* src = q_row[i % 2];
-        // fp8: MMA k-columns (2t, 2t+1) and (2t+8, 2t+9) stand for dimensions 4t..4t+1 and 4t+2..4t+3.
-        const int col = Cfg::kFp8 ? 4 * t + 2 * (i / 2) : 2 * t + 8 * (i / 2);
+        const int col = Cfg::kFp8 ? 4 * t + 2 * (i / 2) : 2 * t + 8 * (i / 2);  // the inverse of k_column
         qf[kk][i] = src ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + col) : 0u;
       }
     }
   }
-  float score_scale = p.scale_log2;  // scores (Q K^T in the MMA's units) -> log2 domain
-  if constexpr (!std::is_same_v<QkT, T>) {
-    float amax = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = unpack2<T>(qf[kk][i]);
-        amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
-      }
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    int exponent = 0;
-    frexpf(amax, &exponent);  // amax < 2^exponent
-    const float q_scale = amax > 0.f ? ldexpf(1.f, min(max(15 - exponent, -100), 100)) : 1.f;
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = unpack2<T>(qf[kk][i]);
-        qf[kk][i] = pack2<__half>(f.x * q_scale, f.y * q_scale);
-      }
-    }
-    score_scale /= q_scale;  // a power of two: exact
-  }
 
-  float o[kDTiles][4];
+  float o[MF][kDTiles][4];
+  float row_max[MF][2], row_sum[MF][2];
 #pragma unroll
-  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) o[mf][d][0] = o[mf][d][1] = o[mf][d][2] = o[mf][d][3] = 0.f;
+    row_max[mf][0] = row_max[mf][1] = -INFINITY;
+    row_sum[mf][0] = row_sum[mf][1] = 0.f;
+  }
 
   const C* k_cache = static_cast<const C*>(p.key_cache);
   const C* v_cache = static_cast<const C*>(p.value_cache);
@@ -369,6 +394,7 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     if (it_begin + i < it_end) load_iteration(it_begin + i, i);
     cp_async_commit();
   }
+  if constexpr (Cfg::kQInSmem) stage_query();  // the main loop's first barrier orders it before the reads
   for (int it = it_begin; it < it_end; ++it) {
     const int stage = (it - it_begin) % kStages;
     // Prefetch kStages - 1 iterations ahead into the stage the previous iteration used, then wait for
@@ -383,15 +409,33 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
     const C* v_tile = k_tile + WARPS_N * Cfg::kCacheTileElems;
     const int kv0 = it * Cfg::kTokensPerIter + wn * BLOCK_N;  // this warp's tile
     const bool active = kv0 < kv_end;
-    float s[kNTiles][4];
+    float s[MF][kNTiles][4];
     if (active) {
 #pragma unroll
-      for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) s[mf][n][0] = s[mf][n][1] = s[mf][n][2] = s[mf][n][3] = 0.f;
+      }
+      // The query's A fragment of k-step kk (16 dims) for row block mf.
+      auto load_q = [&](int kk, int mf, uint32_t(&a)[4]) {
+        if constexpr (Cfg::kQInSmem) {
+          ldmatrix_x4(a, q_smem + (warp_row0 + mf * 16 + lane % 16) * kLds + kk * 16 + (lane / 16) * 8);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[i] = qf[kk][i];
+        }
+      };
       if constexpr (Cfg::kFp8) {
         // Matrix i of the x4 load: tokens (i % 2) * 8 + 0..7 of the 16, dims 32 * kk2 + (i / 2) * 16 + 0..15
         // read as 8 16-bit pairs: the thread gets 4 e4m3 values, dims 4t..4t+3 of token g.
 #pragma unroll
         for (int kk2 = 0; kk2 < HEAD_DIM / 32; ++kk2) {
+          uint32_t qa[MF][2][4];
+#pragma unroll
+          for (int mf = 0; mf < MF; ++mf) {
+            load_q(2 * kk2, mf, qa[mf][0]);
+            load_q(2 * kk2 + 1, mf, qa[mf][1]);
+          }
 #pragma unroll
           for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
             uint32_t r[4];
@@ -399,61 +443,98 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
                                (lane / 16) * 16);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              mma_16816<QkT>(s[2 * n2 + i % 2], qf[2 * kk2 + i / 2], fp8x2_to_packed<QkT>(r[i] & 0xffffu),
-                             fp8x2_to_packed<QkT>(r[i] >> 16));
+              const uint32_t b0 = fp8x2_to_packed<T>(r[i] & 0xffffu), b1 = fp8x2_to_packed<T>(r[i] >> 16);
+#pragma unroll
+              for (int mf = 0; mf < MF; ++mf) mma_16816<T>(s[mf][2 * n2 + i % 2], qa[mf][i / 2], b0, b1);
             }
           }
         }
       } else {
 #pragma unroll
         for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+          uint32_t qa[MF][4];
+#pragma unroll
+          for (int mf = 0; mf < MF; ++mf) load_q(kk, mf, qa[mf]);
 #pragma unroll
           for (int n2 = 0; n2 < BLOCK_N / 16; ++n2) {
             uint32_t b[4];
             ldmatrix_x4(b, k_tile + (n2 * 16 + lane % 8 + (lane / 16) * 8) * kLds + kk * 16 + ((lane / 8) % 2) * 8);
-            mma_16816<T>(s[2 * n2], qf[kk], b[0], b[1]);
-            mma_16816<T>(s[2 * n2 + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+            for (int mf = 0; mf < MF; ++mf) {
+              mma_16816<T>(s[mf][2 * n2], qa[mf], b[0], b[1]);
+              mma_16816<T>(s[mf][2 * n2 + 1], qa[mf], b[2], b[3]);
+            }
           }
         }
       }
-      // Mask (causal + context end), scale, online softmax over rows g (h=0) and g+8 (h=1).
-      float tile_max[2] = {-INFINITY, -INFINITY};
+      // Scale, mask (causal + context end; only tiles past the block's first row need it), online softmax
+      // over rows g (h=0) and g+8 (h=1) of each row block.
 #pragma unroll
-      for (int n = 0; n < kNTiles; ++n) {
+      for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int key_pos = kv0 + n * 8 + 2 * t + i % 2, h = i / 2;
-          s[n][i] = key_pos <= row_pos[h] ? s[n][i] * score_scale : -INFINITY;
-          tile_max[h] = fmaxf(tile_max[h], s[n][i]);
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mf][n][i] *= p.scale_log2;
         }
       }
-      float alpha[2];
+      if (kv0 + BLOCK_N > unmasked_end) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-        const float new_max = fmaxf(row_max[h], tile_max[h]);
-        alpha[h] = exp2f(row_max[h] - safe_max(new_max));
-        row_max[h] = new_max;
-        row_sum[h] *= alpha[h];
+        for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+          for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              if (kv0 + n * 8 + 2 * t + i % 2 > row_pos[mf][i / 2]) s[mf][n][i] = -INFINITY;
+            }
+          }
+        }
       }
+      float tile_max[MF][2];
 #pragma unroll
-      for (int n = 0; n < kNTiles; ++n) {
+      for (int mf = 0; mf < MF; ++mf) {
+        tile_max[mf][0] = tile_max[mf][1] = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          s[n][i] = exp2f(s[n][i] - safe_max(row_max[i / 2]));
-          row_sum[i / 2] += s[n][i];
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) tile_max[mf][i / 2] = fmaxf(tile_max[mf][i / 2], s[mf][n][i]);
+        }
+      }
+      float alpha[MF][2];
+      bool moved = false;
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float m = tile_max[mf][h];
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+          const float new_max = fmaxf(row_max[mf][h], m);
+          alpha[mf][h] = fast_exp2(row_max[mf][h] - safe_max(new_max));
+          moved |= alpha[mf][h] != 1.f;
+          row_max[mf][h] = new_max;
+          row_sum[mf][h] *= alpha[mf][h];
+        }
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            s[mf][n][i] = fast_exp2(s[mf][n][i] - safe_max(row_max[mf][i / 2]));
+            row_sum[mf][i / 2] += s[mf][n][i];
+          }
         }
       }
       // Rescale O only when a row's max moved (alpha == 1 exactly otherwise): after the first tiles the
       // max rarely moves, and the 4 * kDTiles multiplies are a large part of an fp8 iteration's issue.
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+      if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-        for (int d = 0; d < kDTiles; ++d) {
-          o[d][0] *= alpha[0];
-          o[d][1] *= alpha[0];
-          o[d][2] *= alpha[1];
-          o[d][3] *= alpha[1];
+        for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+          for (int d = 0; d < kDTiles; ++d) {
+            o[mf][d][0] *= alpha[mf][0];
+            o[mf][d][1] *= alpha[mf][0];
+            o[mf][d][2] *= alpha[mf][1];
+            o[mf][d][3] *= alpha[mf][1];
+          }
         }
       }
     }
@@ -462,9 +543,14 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 #pragma unroll
       for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
         // The accumulator layout of S is the A-operand layout of P.
-        const uint32_t pf[4] = {pack2<PvT>(s[2 * kt][0], s[2 * kt][1]), pack2<PvT>(s[2 * kt][2], s[2 * kt][3]),
-                                pack2<PvT>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                                pack2<PvT>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+        uint32_t pf[MF][4];
+#pragma unroll
+        for (int mf = 0; mf < MF; ++mf) {
+          pf[mf][0] = pack2<PvT>(s[mf][2 * kt][0], s[mf][2 * kt][1]);
+          pf[mf][1] = pack2<PvT>(s[mf][2 * kt][2], s[mf][2 * kt][3]);
+          pf[mf][2] = pack2<PvT>(s[mf][2 * kt + 1][0], s[mf][2 * kt + 1][1]);
+          pf[mf][3] = pack2<PvT>(s[mf][2 * kt + 1][2], s[mf][2 * kt + 1][3]);
+        }
         if constexpr (Cfg::kFp8) {
           // Matrix i: tokens (i % 2) * 8 + 0..7 of kt's 16, dims 32 * d4 + (i / 2) * 16 + 0..15, transposed:
           // the thread gets dims 2g, 2g+1 of tokens 2t, 2t+1. Dim group q's even dims feed accumulator
@@ -480,8 +566,13 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
               // Bytes (dim 2g of token 2t, dim 2g of token 2t+1 | the same for dim 2g+1).
               const uint32_t lo = __byte_perm(r[2 * half], 0, 0x3120);      // tokens 2t, 2t+1
               const uint32_t hi = __byte_perm(r[2 * half + 1], 0, 0x3120);  // tokens 2t+8, 2t+9
-              mma_16816<PvT>(o[2 * q], pf, fp8x2_to_packed<PvT>(lo & 0xffffu), fp8x2_to_packed<PvT>(hi & 0xffffu));
-              mma_16816<PvT>(o[2 * q + 1], pf, fp8x2_to_packed<PvT>(lo >> 16), fp8x2_to_packed<PvT>(hi >> 16));
+              const uint32_t even0 = fp8x2_to_packed<PvT>(lo & 0xffffu), even1 = fp8x2_to_packed<PvT>(hi & 0xffffu);
+              const uint32_t odd0 = fp8x2_to_packed<PvT>(lo >> 16), odd1 = fp8x2_to_packed<PvT>(hi >> 16);
+#pragma unroll
+              for (int mf = 0; mf < MF; ++mf) {
+                mma_16816<PvT>(o[mf][2 * q], pf[mf], even0, even1);
+                mma_16816<PvT>(o[mf][2 * q + 1], pf[mf], odd0, odd1);
+              }
             }
           }
         } else {
@@ -489,8 +580,11 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
           for (int d2 = 0; d2 < HEAD_DIM / 16; ++d2) {
             uint32_t b[4];
             ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kLds + d2 * 16 + (lane / 16) * 8);
-            mma_16816<T>(o[2 * d2], pf, b[0], b[1]);
-            mma_16816<T>(o[2 * d2 + 1], pf, b[2], b[3]);
+#pragma unroll
+            for (int mf = 0; mf < MF; ++mf) {
+              mma_16816<T>(o[mf][2 * d2], pf[mf], b[0], b[1]);
+              mma_16816<T>(o[mf][2 * d2 + 1], pf[mf], b[2], b[3]);
+            }
           }
         }
       }
@@ -502,60 +596,73 @@ __global__ void __launch_bounds__(128) paged_attention_mma_kernel(const Attentio
 
   // Epilogue: each warp's unnormalized O, row max and row sum go to shared memory; then the block
   // merges the WARPS_N warps of each row and writes the output (or this split's partial result).
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
-    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
-  }
   float* o_s = reinterpret_cast<float*>(smem_raw);               // [WARPS_N * kRows, HEAD_DIM]
   float* max_s = o_s + WARPS_N * kRows * HEAD_DIM;               // [WARPS_N * kRows]
   float* sum_s = max_s + WARPS_N * kRows;                        // [WARPS_N * kRows]
-  const int srow = wn * kRows + wm * 16 + g;
-  if constexpr (Cfg::kFp8) {
-    // Tiles 2q and 2q + 1 hold dims q * 16 + 2c and q * 16 + 2c + 1 (column c): this thread's columns
-    // 2t and 2t + 1 of both are dims q * 16 + 4t .. 4t + 3.
 #pragma unroll
-    for (int q = 0; q < HEAD_DIM / 16; ++q) {
-      *reinterpret_cast<float4*>(o_s + srow * HEAD_DIM + q * 16 + 4 * t) =
-          make_float4(o[2 * q][0], o[2 * q + 1][0], o[2 * q][1], o[2 * q + 1][1]);
-      *reinterpret_cast<float4*>(o_s + (srow + 8) * HEAD_DIM + q * 16 + 4 * t) =
-          make_float4(o[2 * q][2], o[2 * q + 1][2], o[2 * q][3], o[2 * q + 1][3]);
-    }
-  } else {
+  for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      *reinterpret_cast<float2*>(o_s + srow * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][0], o[d][1]);
-      *reinterpret_cast<float2*>(o_s + (srow + 8) * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[d][2], o[d][3]);
+    for (int h = 0; h < 2; ++h) {
+      row_sum[mf][h] += __shfl_xor_sync(0xffffffffu, row_sum[mf][h], 1);
+      row_sum[mf][h] += __shfl_xor_sync(0xffffffffu, row_sum[mf][h], 2);
     }
-  }
-  if (t == 0) {
-    max_s[srow] = row_max[0];
-    max_s[srow + 8] = row_max[1];
-    sum_s[srow] = row_sum[0];
-    sum_s[srow + 8] = row_sum[1];
+    const int srow = wn * kRows + warp_row0 + mf * 16 + g;
+    if constexpr (Cfg::kFp8) {
+      // Tiles 2q and 2q + 1 hold dims q * 16 + 2c and q * 16 + 2c + 1 (column c): this thread's columns
+      // 2t and 2t + 1 of both are dims q * 16 + 4t .. 4t + 3.
+#pragma unroll
+      for (int q = 0; q < HEAD_DIM / 16; ++q) {
+        *reinterpret_cast<float4*>(o_s + srow * HEAD_DIM + q * 16 + 4 * t) =
+            make_float4(o[mf][2 * q][0], o[mf][2 * q + 1][0], o[mf][2 * q][1], o[mf][2 * q + 1][1]);
+        *reinterpret_cast<float4*>(o_s + (srow + 8) * HEAD_DIM + q * 16 + 4 * t) =
+            make_float4(o[mf][2 * q][2], o[mf][2 * q + 1][2], o[mf][2 * q][3], o[mf][2 * q + 1][3]);
+      }
+    } else {
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        *reinterpret_cast<float2*>(o_s + srow * HEAD_DIM + d * 8 + 2 * t) = make_float2(o[mf][d][0], o[mf][d][1]);
+        *reinterpret_cast<float2*>(o_s + (srow + 8) * HEAD_DIM + d * 8 + 2 * t) =
+            make_float2(o[mf][d][2], o[mf][d][3]);
+      }
+    }
+    if (t == 0) {
+      max_s[srow] = row_max[mf][0];
+      max_s[srow + 8] = row_max[mf][1];
+      sum_s[srow] = row_sum[mf][0];
+      sum_s[srow + 8] = row_sum[mf][1];
+    }
   }
   __syncthreads();
-  for (int idx = tid; idx < kRows * HEAD_DIM; idx += Cfg::kThreads) {
-    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM;
+  // 8 columns per thread and step: the row's merge weights and its (token, head) are computed once per 8.
+  constexpr int kChunks = HEAD_DIM / 8;
+  for (int idx = tid; idx < kRows * kChunks; idx += Cfg::kThreads) {
+    const int row = idx / kChunks, col = (idx % kChunks) * 8;
     const int r = m0 + row;
-    if (r >= num_rows) continue;
+    if (r >= num_rows) break;  // idx only grows
     float m = -INFINITY;
 #pragma unroll
     for (int w = 0; w < WARPS_N; ++w) m = fmaxf(m, max_s[w * kRows + row]);
-    float sum = 0.f, acc = 0.f;
+    float sum = 0.f, acc[8] = {};
 #pragma unroll
     for (int w = 0; w < WARPS_N; ++w) {
       const float scale = exp2f(max_s[w * kRows + row] - safe_max(m));
       sum += sum_s[w * kRows + row] * scale;
-      acc += o_s[(w * kRows + row) * HEAD_DIM + col] * scale;
+      const float4* src = reinterpret_cast<const float4*>(o_s + (w * kRows + row) * HEAD_DIM + col);
+      const float4 lo = src[0], hi = src[1];
+      acc[0] += lo.x * scale, acc[1] += lo.y * scale, acc[2] += lo.z * scale, acc[3] += lo.w * scale;
+      acc[4] += hi.x * scale, acc[5] += hi.y * scale, acc[6] += hi.z * scale, acc[7] += hi.w * scale;
     }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
     const int token = q_start + r / G, head = kv_head * G + r % G;
-    const float value = sum > 0.f ? acc / sum : 0.f;
     if (num_active_splits == 1) {
-      static_cast<T*>(p.out)[token * p.o_token_stride + head * p.o_head_stride + col] = from_float<T>(value);
+      T* dst = static_cast<T*>(p.out) + token * p.o_token_stride + head * p.o_head_stride + col;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dst[i] = from_float<T>(acc[i] * inv);
     } else {
       const int64_t entry = (static_cast<int64_t>(split) * p.num_tokens + token) * p.num_heads + head;
-      p.partial_out[entry * HEAD_DIM + col] = value;
+      float4* dst = reinterpret_cast<float4*>(p.partial_out + entry * HEAD_DIM + col);
+      dst[0] = make_float4(acc[0] * inv, acc[1] * inv, acc[2] * inv, acc[3] * inv);
+      dst[1] = make_float4(acc[4] * inv, acc[5] * inv, acc[6] * inv, acc[7] * inv);
       if (col == 0) p.partial_lse[entry] = sum > 0.f ? m + log2f(sum) : -INFINITY;
     }
   }

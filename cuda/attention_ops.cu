@@ -121,11 +121,11 @@ int* split_tickets() {
   return static_cast<int*>(tickets);
 }
 
-template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int FP8_MMA = kFp8AllInF16>
+template <typename T, typename C, int HEAD_DIM, int WARPS_M, int WARPS_N, int BLOCK_N, int M_FRAGS>
 void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_len, int64_t max_context_len,
                 cudaStream_t stream) {
-  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C)>;
-  auto kernel = paged_attention_mma_kernel<T, C, HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, FP8_MMA>;
+  using Cfg = MmaConfig<HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, sizeof(C), M_FRAGS>;
+  auto kernel = paged_attention_mma_kernel<T, C, HEAD_DIM, WARPS_M, WARPS_N, BLOCK_N, M_FRAGS>;
   static const int blocks_per_sm = [&] {  // once per kernel: raise the smem limit, ask the occupancy
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     int n = 0;
@@ -164,21 +164,22 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Decode kernel variants over an fp8 cache, for measuring them in one process each
-// (bench/device/kernel_bench.py): FASTPAGE_ATTN_VARIANT = f16 (the default: Q K^T and P @ V in f16),
-// f16pv (P @ V in f16, Q K^T in the query's type), convert (both in the query's type, the session-3
-// kernel), f16_n32 (f16 with 32 keys per warp and iteration, two stages). Read once per process.
-enum class DecodeVariant { kF16, kF16Pv, kConvert, kF16N32 };
+// Prefill kernel shapes, for measuring them in one process each (bench/device/kernel_bench.py):
+// FASTPAGE_PREFILL_VARIANT = m32 (the default: 4 warps x 32 rows, 32-key tiles, the query in shared
+// memory), m32n64 (the same with 64-key tiles: spills at head_dim 128), w8 (8 warps x 16 rows sharing
+// each 64-key tile, the query in registers), m16 (4 warps x 16 rows, 64-key tiles: the session-4
+// shape). Read once per process.
+enum class PrefillVariant { kM32, kM32N64, kW8, kM16 };
 
-DecodeVariant decode_variant() {
-  static const DecodeVariant variant = [] {
-    const char* env = std::getenv("FASTPAGE_ATTN_VARIANT");
-    const std::string name = env ? env : "f16";
-    if (name == "f16") return DecodeVariant::kF16;
-    if (name == "f16pv") return DecodeVariant::kF16Pv;
-    if (name == "convert") return DecodeVariant::kConvert;
-    if (name == "f16_n32") return DecodeVariant::kF16N32;
-    TORCH_CHECK(false, kOp, ": FASTPAGE_ATTN_VARIANT must be f16, f16pv, convert or f16_n32, got \"", name, "\"");
+PrefillVariant prefill_variant() {
+  static const PrefillVariant variant = [] {
+    const char* env = std::getenv("FASTPAGE_PREFILL_VARIANT");
+    const std::string name = env ? env : "m32";
+    if (name == "m32") return PrefillVariant::kM32;
+    if (name == "m32n64") return PrefillVariant::kM32N64;
+    if (name == "w8") return PrefillVariant::kW8;
+    if (name == "m16") return PrefillVariant::kM16;
+    TORCH_CHECK(false, kOp, ": FASTPAGE_PREFILL_VARIANT must be m32, m32n64, w8 or m16, got \"", name, "\"");
   }();
   return variant;
 }
@@ -188,22 +189,17 @@ void launch_mma_shape(const AttentionParams& p, const at::Tensor& query, int64_t
                       int64_t max_context_len, cudaStream_t stream) {
   if (max_query_len <= 1) {
     // Decode: one row tile (the group's query heads), four warps over the context.
-    if constexpr (std::is_same_v<C, __nv_fp8_e4m3> && std::is_same_v<T, __nv_bfloat16>) {
-      switch (decode_variant()) {
-        case DecodeVariant::kF16Pv:
-          return launch_mma<T, C, HEAD_DIM, 1, 4, 16, kFp8PvInF16>(p, query, max_query_len, max_context_len, stream);
-        case DecodeVariant::kConvert:
-          return launch_mma<T, C, HEAD_DIM, 1, 4, 16, kFp8AsQueryType>(p, query, max_query_len, max_context_len,
-                                                                       stream);
-        case DecodeVariant::kF16N32:
-          return launch_mma<T, C, HEAD_DIM, 1, 4, 32>(p, query, max_query_len, max_context_len, stream);
-        case DecodeVariant::kF16:
-          break;
-      }
-    }
-    launch_mma<T, C, HEAD_DIM, 1, 4, 16>(p, query, max_query_len, max_context_len, stream);
-  } else {
-    launch_mma<T, C, HEAD_DIM, 4, 1, 64>(p, query, max_query_len, max_context_len, stream);
+    return launch_mma<T, C, HEAD_DIM, 1, 4, 16, 1>(p, query, max_query_len, max_context_len, stream);
+  }
+  switch (prefill_variant()) {
+    case PrefillVariant::kM32:
+      return launch_mma<T, C, HEAD_DIM, 4, 1, 32, 2>(p, query, max_query_len, max_context_len, stream);
+    case PrefillVariant::kM32N64:
+      return launch_mma<T, C, HEAD_DIM, 4, 1, 64, 2>(p, query, max_query_len, max_context_len, stream);
+    case PrefillVariant::kW8:
+      return launch_mma<T, C, HEAD_DIM, 8, 1, 64, 1>(p, query, max_query_len, max_context_len, stream);
+    case PrefillVariant::kM16:
+      return launch_mma<T, C, HEAD_DIM, 4, 1, 64, 1>(p, query, max_query_len, max_context_len, stream);
   }
 }
 

@@ -2,9 +2,9 @@
 kernels against the measured device-to-device copy bandwidth, next to a plain torch reference timed in
 the same run. Times are CUDA-event medians after warm-up; inputs are random (never zeros).
 
-The fp8 decode attention kernel has variants picked by FASTPAGE_ATTN_VARIANT (read once per process):
-each variant other than the default runs in a subprocess of this script (--decode-variant-rows), which
-times the decode shapes without the torch references; the table lists them with their variant.
+The prefill attention kernel has shapes picked by FASTPAGE_PREFILL_VARIANT (read once per process):
+each one other than the default times the prefill rows in a subprocess of this script
+(--prefill-variant-rows), without the torch references; the table lists them with their variant.
 
     PYTHONPATH=python python bench/device/kernel_bench.py --out results.json
 """
@@ -64,13 +64,9 @@ def paged_decode_inputs(batch, context, num_heads, num_kv_heads, head_dim, block
     return query, key_cache, value_cache, query_start_loc, context_lens, block_tables
 
 
-DEFAULT_VARIANT = "f16"
-OTHER_VARIANTS = ("f16pv", "convert", "f16_n32")
-
-
 def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, num_heads=32, num_kv_heads=8,
                            head_dim=128, block_size=16, dtype=torch.bfloat16, cache_dtype=None,
-                           launch_context=None, torch_references=True):
+                           launch_context=None):
     """cache_dtype: torch.float8_e4m3fn for an fp8 KV cache (kv_cache_dtype="fp8"); the torch
     references then read the same values upcast to the query dtype. launch_context: the
     max_context_len the launch is sized for (a CUDA graph's context bucket), default the context."""
@@ -91,12 +87,9 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
         "workload": f"decode_attention_b{batch}_ctx{context}_h{num_heads}kv{num_kv_heads}_d{head_dim}_bs{block_size}_"
                     f"{str(dtype).split('.')[-1]}" + ("" if cache_dtype is None else "_fp8cache") +
                     ("" if launch_context == context else f"_launch{launch_context}"),
-        "variant": os.environ.get("FASTPAGE_ATTN_VARIANT", DEFAULT_VARIANT),
         "ms": ms, "bytes": io_bytes, "achieved_GBps": gbps, "copy_GBps": copy_gbps,
         "fraction_of_copy_bandwidth": gbps / copy_gbps,
     }
-    if not torch_references:
-        return row
     # Torch references: gather the paged K/V into dense tensors, then SDPA (the gather is what a
     # paged-unaware implementation pays); and SDPA alone over already dense K/V.
     def dense(cache):  # the context's blocks only (bt may hold extra columns for the launch's bucket)
@@ -116,12 +109,11 @@ def bench_decode_attention(device_name, copy_gbps, gen, batch=64, context=2048, 
     return row
 
 
-def decode_attention_rows(device_name, copy_gbps, gen, torch_references=True):
+def decode_attention_rows(device_name, copy_gbps, gen):
     """The decode shapes: batch-1 latency (Llama-3-8B at the latency workload's ~576-token context, eager
     and sized for the graphs' 1024 bucket), the bandwidth shapes, and the 1000 x 1000 workload's batches:
     208 sequences at ~1536 (bf16 cache) and 416 (fp8)."""
-    bench = lambda **kw: bench_decode_attention(device_name, copy_gbps, gen,  # noqa: E731
-                                                torch_references=torch_references, **kw)
+    bench = lambda **kw: bench_decode_attention(device_name, copy_gbps, gen, **kw)  # noqa: E731
     fp8 = torch.float8_e4m3fn
     rows = [bench(batch=1, context=576), bench(batch=1, context=576, launch_context=1024),
             bench(batch=1, context=576, cache_dtype=fp8, launch_context=1024),
@@ -131,52 +123,50 @@ def decode_attention_rows(device_name, copy_gbps, gen, torch_references=True):
     return rows
 
 
-def variant_rows(copy_gbps):
-    """decode_attention_rows without torch references for every non-default fp8 decode variant, each in a
-    subprocess (the variant is read once per process)."""
-    rows = []
-    for variant in OTHER_VARIANTS:
-        env = dict(os.environ, FASTPAGE_ATTN_VARIANT=variant)
-        result = subprocess.run([sys.executable, __file__, "--decode-variant-rows", "--copy-gbps", str(copy_gbps)],
-                                env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"variant {variant} failed:\n{result.stderr[-2000:]}")
-            continue
-        rows += json.loads(result.stdout.strip().splitlines()[-1])
-    return rows
+DEFAULT_PREFILL_VARIANT = "m32"
+OTHER_PREFILL_VARIANTS = ("m32n64", "w8", "m16")
 
 
 def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32, num_kv_heads=8, head_dim=128,
-                            block_size=16, dtype=torch.bfloat16):
+                            block_size=16, dtype=torch.bfloat16, cache_dtype=None, torch_references=True):
     """Causal prefill of whole prompts over the paged cache, FLOP rate next to torch's SDPA: the default
-    backend choice with GQA, and flash attention over K/V repeated to every query head."""
+    backend choice with GQA, and flash attention over K/V repeated to every query head (with an fp8
+    cache, cache_dtype=torch.float8_e4m3fn, torch reads the same values upcast to the query dtype)."""
     blocks_per_seq = math.ceil(prompt / block_size)
     num_blocks = batch * blocks_per_seq
-    kc = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
-    vc = torch.randn_like(kc)
+    kc = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device="cuda", dtype=dtype,
+                     generator=gen).to(cache_dtype or dtype)
+    vc = torch.randn(kc.shape, device="cuda", dtype=dtype, generator=gen).to(cache_dtype or dtype)
     bt = torch.randperm(num_blocks, device="cuda", generator=gen).to(torch.int32).view(batch, -1)
     q = torch.randn(batch * prompt, num_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
     qsl = torch.arange(0, batch * prompt + 1, prompt, device="cuda", dtype=torch.int32)
     ctx = torch.full((batch,), prompt, device="cuda", dtype=torch.int32)
     scale = head_dim**-0.5
     out = torch.empty_like(q)
-    ms = time_ms(lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, prompt, prompt), iters=20)
+    run = lambda: ops.paged_attention(out, q, kc, vc, qsl, ctx, bt, scale, prompt, prompt)  # noqa: E731
+    ms = time_ms(run, iters=20)
+    flops = 4 * batch * num_heads * head_dim * prompt * prompt / 2  # QK^T and PV, causal half
+    row = {
+        "device": device_name, "engine": "fastpage", "kernel": "paged_attention (prefill)",
+        "workload": f"prefill_attention_b{batch}_len{prompt}_h{num_heads}kv{num_kv_heads}_d{head_dim}_causal" +
+                    ("" if cache_dtype is None else "_fp8cache"),
+        "variant": os.environ.get("FASTPAGE_PREFILL_VARIANT", DEFAULT_PREFILL_VARIANT),
+        "ms": ms, "tflops": flops / ms / 1e9,
+    }
+
     def dense(cache):  # [batch, kv heads, prompt, head_dim]
-        return cache[bt.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :prompt].transpose(1, 2).contiguous()
+        blocks = cache[bt.long()].to(dtype)
+        return blocks.reshape(batch, -1, num_kv_heads, head_dim)[:, :prompt].transpose(1, 2).contiguous()
 
     kd, vd = dense(kc), dense(vc)
     qd = q.view(batch, prompt, num_heads, head_dim).transpose(1, 2)
     sdpa = lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale,  # noqa: E731
                                                   enable_gqa=True)
     ref = sdpa().transpose(1, 2).reshape_as(q)
-    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-    flops = 4 * batch * num_heads * head_dim * prompt * prompt / 2  # QK^T and PV, causal half
-    row = {
-        "device": device_name, "engine": "fastpage", "kernel": "paged_attention (prefill)",
-        "workload": f"prefill_attention_b{batch}_len{prompt}_h{num_heads}kv{num_kv_heads}_d{head_dim}_causal",
-        "ms": ms, "tflops": flops / ms / 1e9, "rel_err_vs_torch": err,
-        "torch_sdpa_dense_ms": time_ms(sdpa, iters=20),
-    }
+    row["rel_err_vs_torch"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    if not torch_references:
+        return row
+    row["torch_sdpa_dense_ms"] = time_ms(sdpa, iters=20)
     group = num_heads // num_kv_heads
     kr, vr = kd.repeat_interleave(group, dim=1), vd.repeat_interleave(group, dim=1)
     try:
@@ -187,6 +177,29 @@ def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32
     except RuntimeError as e:  # no flash kernel for this device or shape
         row["torch_sdpa_flash_error"] = str(e)[:200]
     return row
+
+
+def prefill_attention_rows(device_name, gen, torch_references=True):
+    """Causal prefill: 4 prompts of 2048 tokens, and a prefill step of the 1000 x 1000 workload (16 prompts
+    of 1000 tokens) over a bf16 and an fp8 cache."""
+    bench = lambda **kw: bench_prefill_attention(device_name, gen, torch_references=torch_references,  # noqa: E731
+                                                 **kw)
+    return [bench(), bench(batch=16, prompt=1000), bench(batch=16, prompt=1000, cache_dtype=torch.float8_e4m3fn)]
+
+
+def prefill_variant_rows():
+    """prefill_attention_rows without the torch timings for every non-default prefill variant, each in a
+    subprocess (the variant is read once per process)."""
+    rows = []
+    for variant in OTHER_PREFILL_VARIANTS:
+        env = dict(os.environ, FASTPAGE_PREFILL_VARIANT=variant)
+        result = subprocess.run([sys.executable, __file__, "--prefill-variant-rows"], env=env, capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            print(f"prefill variant {variant} failed:\n{result.stderr[-2000:]}")
+            continue
+        rows += json.loads(result.stdout.strip().splitlines()[-1])
+    return rows
 
 
 def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dtype=torch.bfloat16):
@@ -217,25 +230,22 @@ def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dty
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    parser.add_argument("--decode-variant-rows", action="store_true",
-                        help="internal: print the decode rows of this process's variant as JSON and exit")
-    parser.add_argument("--copy-gbps", type=float, default=None, help="internal: the parent's copy bandwidth")
+    parser.add_argument("--prefill-variant-rows", action="store_true",
+                        help="internal: print the prefill rows of this process's variant as JSON and exit")
     args = parser.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     device_name = torch.cuda.get_device_name()
-    copy_gbps = args.copy_gbps or copy_bandwidth_gbps()
-    if args.decode_variant_rows:
-        print(json.dumps(decode_attention_rows(device_name, copy_gbps, gen, torch_references=False)))
+    if args.prefill_variant_rows:
+        print(json.dumps(prefill_attention_rows(device_name, gen, torch_references=False)))
         return
+    copy_gbps = copy_bandwidth_gbps()
     rows = [{"device": device_name, "engine": "torch", "kernel": "copy_", "workload": "d2d_copy_2GiB",
              "copy_GBps": copy_gbps}]
     rows += decode_attention_rows(device_name, copy_gbps, gen)
-    rows += variant_rows(copy_gbps)
-    rows.append(bench_prefill_attention(device_name, gen))
-    # A prefill step of the 1000 x 1000 workload: 16 prompts of 1000 tokens.
-    rows.append(bench_prefill_attention(device_name, gen, batch=16, prompt=1000))
+    rows += prefill_attention_rows(device_name, gen)
+    rows += prefill_variant_rows()
     rows += bench_elementwise(device_name, copy_gbps, gen)
-    print(f"{'kernel':26s} {'workload':66s} {'variant':8s} {'ms':>8s} {'GB/s':>6s} {'of copy':>8s} {'torch ms':>9s} "
+    print(f"{'kernel':26s} {'workload':72s} {'variant':7s} {'ms':>8s} {'GB/s':>6s} {'of copy':>8s} {'torch ms':>9s} "
           f"{'err':>8s}")
     for r in rows:
         torch_ms = r.get("torch_sdpa_dense_ms", r.get("torch_ms", float("nan")))
@@ -245,7 +255,7 @@ def main():
             extra = f" {r['tflops']:.0f} TFLOP/s"
             if "torch_sdpa_flash_ms" in r:
                 extra += f"; torch flash {r['torch_sdpa_flash_ms']:.3f} ms {r['torch_sdpa_flash_tflops']:.0f} TFLOP/s"
-        print(f"{r['kernel']:26s} {r['workload']:66s} {r.get('variant', ''):8s} {r.get('ms', float('nan')):8.3f} "
+        print(f"{r['kernel']:26s} {r['workload']:72s} {r.get('variant', ''):7s} {r.get('ms', float('nan')):8.3f} "
               f"{r.get('achieved_GBps', r.get('copy_GBps', float('nan'))):6.0f} {frac:8.2%} {torch_ms:9.3f} "
               f"{r.get('rel_err_vs_torch', float('nan')):8.1e}" + extra)
     if args.out:

@@ -310,14 +310,30 @@ def test_graph_sized_for_a_longer_context_replays_with_shorter_ones(cache, gen):
         torch.testing.assert_close(out.float(), reference(batch), **TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("cache", ["16bit", "fp8"])
+def test_prefill_query_is_a_view_of_packed_qkv(cache, gen):
+    """The query as the model runner passes it: the first columns of a packed [tokens, (H + 2 KV) * D]
+    projection, so its token stride is not H * D (the prefill kernel stages it in shared memory)."""
+    batch = CACHE_DTYPES[cache](make_paged_batch([(300, 300), (45, 1045), (1, 77)], num_heads=32, num_kv_heads=8,
+                                                 head_dim=128, block_size=16, dtype=torch.bfloat16,
+                                                 device="cuda", generator=gen, num_padding_tokens=2))
+    num_tokens, num_heads, head_dim = batch.query.shape
+    qkv = torch.randn(num_tokens, (num_heads + 16) * head_dim, generator=gen).to("cuda", torch.bfloat16)
+    query = qkv[:, :num_heads * head_dim].view(num_tokens, num_heads, head_dim)
+    query.copy_(batch.query)
+    batch.query = query
+    check(batch, torch.bfloat16)
+
+
+@pytest.mark.parametrize("seqs", [[(1, 3000), (1, 40), (1, 700)], [(1, 3000), (40, 40), (70, 700)]],
+                         ids=["decode", "prefill"])
 @pytest.mark.parametrize("query_scale", [1e5, 1e-6])
-def test_fp8_decode_with_queries_outside_f16_range(query_scale, gen):
-    """The fp8 decode kernel runs Q K^T in f16 after scaling each warp's query fragment by a power of
-    two: bf16 queries beyond f16's range (1e5) or deep in its subnormals (1e-6) give the same
-    attention as the float32 reference (one-hot and uniform weights respectively)."""
-    batch = with_fp8_cache(make_paged_batch([(1, 3000), (1, 40), (1, 700)], num_heads=32, num_kv_heads=8,
-                                            head_dim=128, block_size=16, dtype=torch.bfloat16, device="cuda",
-                                            generator=gen))
+def test_fp8_cache_with_queries_outside_f16_range(seqs, query_scale, gen):
+    """With an fp8 cache only P @ V runs in f16; Q K^T stays in the query's type, so bf16 queries
+    beyond f16's range (1e5) or deep in its subnormals (1e-6) give the same attention as the float32
+    reference (one-hot and uniform weights respectively), in the decode and the prefill kernel."""
+    batch = with_fp8_cache(make_paged_batch(seqs, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+                                            dtype=torch.bfloat16, device="cuda", generator=gen))
     batch.query.mul_(query_scale)
     check(batch, torch.bfloat16)
 
