@@ -164,26 +164,6 @@ void launch_mma(AttentionParams p, const at::Tensor& query, int64_t max_query_le
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Prefill kernel shapes, for measuring them in one process each (bench/device/kernel_bench.py):
-// FASTPAGE_PREFILL_VARIANT = m32 (the default: 4 warps x 32 rows, 32-key tiles, the query in shared
-// memory), m32n64 (the same with 64-key tiles: spills at head_dim 128), w8 (8 warps x 16 rows sharing
-// each 64-key tile, the query in registers), m16 (4 warps x 16 rows, 64-key tiles: the session-4
-// shape). Read once per process.
-enum class PrefillVariant { kM32, kM32N64, kW8, kM16 };
-
-PrefillVariant prefill_variant() {
-  static const PrefillVariant variant = [] {
-    const char* env = std::getenv("FASTPAGE_PREFILL_VARIANT");
-    const std::string name = env ? env : "m32";
-    if (name == "m32") return PrefillVariant::kM32;
-    if (name == "m32n64") return PrefillVariant::kM32N64;
-    if (name == "w8") return PrefillVariant::kW8;
-    if (name == "m16") return PrefillVariant::kM16;
-    TORCH_CHECK(false, kOp, ": FASTPAGE_PREFILL_VARIANT must be m32, m32n64, w8 or m16, got \"", name, "\"");
-  }();
-  return variant;
-}
-
 template <typename T, typename C, int HEAD_DIM>
 void launch_mma_shape(const AttentionParams& p, const at::Tensor& query, int64_t max_query_len,
                       int64_t max_context_len, cudaStream_t stream) {
@@ -191,16 +171,9 @@ void launch_mma_shape(const AttentionParams& p, const at::Tensor& query, int64_t
     // Decode: one row tile (the group's query heads), four warps over the context.
     return launch_mma<T, C, HEAD_DIM, 1, 4, 16, 1>(p, query, max_query_len, max_context_len, stream);
   }
-  switch (prefill_variant()) {
-    case PrefillVariant::kM32:
-      return launch_mma<T, C, HEAD_DIM, 4, 1, 32, 2>(p, query, max_query_len, max_context_len, stream);
-    case PrefillVariant::kM32N64:
-      return launch_mma<T, C, HEAD_DIM, 4, 1, 64, 2>(p, query, max_query_len, max_context_len, stream);
-    case PrefillVariant::kW8:
-      return launch_mma<T, C, HEAD_DIM, 8, 1, 64, 1>(p, query, max_query_len, max_context_len, stream);
-    case PrefillVariant::kM16:
-      return launch_mma<T, C, HEAD_DIM, 4, 1, 64, 1>(p, query, max_query_len, max_context_len, stream);
-  }
+  // Prefill: four warps of 32 rows each over 32-key tiles (measured on the H100 against 64-key tiles,
+  // 8 warps x 16 rows and 4 x 16 rows: bench/NOTES.md, "Session 4: attention kernel").
+  return launch_mma<T, C, HEAD_DIM, 4, 1, 32, 2>(p, query, max_query_len, max_context_len, stream);
 }
 
 void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,

@@ -2,20 +2,13 @@
 kernels against the measured device-to-device copy bandwidth, next to a plain torch reference timed in
 the same run. Times are CUDA-event medians after warm-up; inputs are random (never zeros).
 
-The prefill attention kernel has shapes picked by FASTPAGE_PREFILL_VARIANT (read once per process):
-each one other than the default times the prefill rows in a subprocess of this script
-(--prefill-variant-rows), without the torch references; the table lists them with their variant.
-
     PYTHONPATH=python python bench/device/kernel_bench.py --out results.json
 """
 
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -123,12 +116,8 @@ def decode_attention_rows(device_name, copy_gbps, gen):
     return rows
 
 
-DEFAULT_PREFILL_VARIANT = "m32"
-OTHER_PREFILL_VARIANTS = ("m32n64", "w8", "m16")
-
-
 def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32, num_kv_heads=8, head_dim=128,
-                            block_size=16, dtype=torch.bfloat16, cache_dtype=None, torch_references=True):
+                            block_size=16, dtype=torch.bfloat16, cache_dtype=None):
     """Causal prefill of whole prompts over the paged cache, FLOP rate next to torch's SDPA: the default
     backend choice with GQA, and flash attention over K/V repeated to every query head (with an fp8
     cache, cache_dtype=torch.float8_e4m3fn, torch reads the same values upcast to the query dtype)."""
@@ -150,7 +139,6 @@ def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32
         "device": device_name, "engine": "fastpage", "kernel": "paged_attention (prefill)",
         "workload": f"prefill_attention_b{batch}_len{prompt}_h{num_heads}kv{num_kv_heads}_d{head_dim}_causal" +
                     ("" if cache_dtype is None else "_fp8cache"),
-        "variant": os.environ.get("FASTPAGE_PREFILL_VARIANT", DEFAULT_PREFILL_VARIANT),
         "ms": ms, "tflops": flops / ms / 1e9,
     }
 
@@ -164,8 +152,6 @@ def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32
                                                   enable_gqa=True)
     ref = sdpa().transpose(1, 2).reshape_as(q)
     row["rel_err_vs_torch"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-    if not torch_references:
-        return row
     row["torch_sdpa_dense_ms"] = time_ms(sdpa, iters=20)
     group = num_heads // num_kv_heads
     kr, vr = kd.repeat_interleave(group, dim=1), vd.repeat_interleave(group, dim=1)
@@ -179,27 +165,11 @@ def bench_prefill_attention(device_name, gen, batch=4, prompt=2048, num_heads=32
     return row
 
 
-def prefill_attention_rows(device_name, gen, torch_references=True):
+def prefill_attention_rows(device_name, gen):
     """Causal prefill: 4 prompts of 2048 tokens, and a prefill step of the 1000 x 1000 workload (16 prompts
     of 1000 tokens) over a bf16 and an fp8 cache."""
-    bench = lambda **kw: bench_prefill_attention(device_name, gen, torch_references=torch_references,  # noqa: E731
-                                                 **kw)
+    bench = lambda **kw: bench_prefill_attention(device_name, gen, **kw)  # noqa: E731
     return [bench(), bench(batch=16, prompt=1000), bench(batch=16, prompt=1000, cache_dtype=torch.float8_e4m3fn)]
-
-
-def prefill_variant_rows():
-    """prefill_attention_rows without the torch timings for every non-default prefill variant, each in a
-    subprocess (the variant is read once per process)."""
-    rows = []
-    for variant in OTHER_PREFILL_VARIANTS:
-        env = dict(os.environ, FASTPAGE_PREFILL_VARIANT=variant)
-        result = subprocess.run([sys.executable, __file__, "--prefill-variant-rows"], env=env, capture_output=True,
-                                text=True)
-        if result.returncode != 0:
-            print(f"prefill variant {variant} failed:\n{result.stderr[-2000:]}")
-            continue
-        rows += json.loads(result.stdout.strip().splitlines()[-1])
-    return rows
 
 
 def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dtype=torch.bfloat16):
@@ -230,22 +200,16 @@ def bench_elementwise(device_name, copy_gbps, gen, tokens=4096, hidden=4096, dty
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    parser.add_argument("--prefill-variant-rows", action="store_true",
-                        help="internal: print the prefill rows of this process's variant as JSON and exit")
     args = parser.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     device_name = torch.cuda.get_device_name()
-    if args.prefill_variant_rows:
-        print(json.dumps(prefill_attention_rows(device_name, gen, torch_references=False)))
-        return
     copy_gbps = copy_bandwidth_gbps()
     rows = [{"device": device_name, "engine": "torch", "kernel": "copy_", "workload": "d2d_copy_2GiB",
              "copy_GBps": copy_gbps}]
     rows += decode_attention_rows(device_name, copy_gbps, gen)
     rows += prefill_attention_rows(device_name, gen)
-    rows += prefill_variant_rows()
     rows += bench_elementwise(device_name, copy_gbps, gen)
-    print(f"{'kernel':26s} {'workload':72s} {'variant':7s} {'ms':>8s} {'GB/s':>6s} {'of copy':>8s} {'torch ms':>9s} "
+    print(f"{'kernel':26s} {'workload':72s} {'ms':>8s} {'GB/s':>6s} {'of copy':>8s} {'torch ms':>9s} "
           f"{'err':>8s}")
     for r in rows:
         torch_ms = r.get("torch_sdpa_dense_ms", r.get("torch_ms", float("nan")))
@@ -255,7 +219,7 @@ def main():
             extra = f" {r['tflops']:.0f} TFLOP/s"
             if "torch_sdpa_flash_ms" in r:
                 extra += f"; torch flash {r['torch_sdpa_flash_ms']:.3f} ms {r['torch_sdpa_flash_tflops']:.0f} TFLOP/s"
-        print(f"{r['kernel']:26s} {r['workload']:72s} {r.get('variant', ''):7s} {r.get('ms', float('nan')):8.3f} "
+        print(f"{r['kernel']:26s} {r['workload']:72s} {r.get('ms', float('nan')):8.3f} "
               f"{r.get('achieved_GBps', r.get('copy_GBps', float('nan'))):6.0f} {frac:8.2%} {torch_ms:9.3f} "
               f"{r.get('rel_err_vs_torch', float('nan')):8.1e}" + extra)
     if args.out:
