@@ -10,7 +10,6 @@
 #include <ATen/ops/relu.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -78,16 +77,6 @@ bool use_small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
   return x.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && weight.scalar_type() == dtype &&
          x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kDeviceSmallBatchRows && x.size(1) % 8 == 0 &&
          weight.size(1) % 8 == 0 && x.is_contiguous() && weight.is_contiguous();
-}
-
-// The rotary embedding and the cache write run as one op (rotary_embedding_and_cache) unless
-// FASTPAGE_ROTARY_CACHE=separate, the A/B switch for measuring the fusion (read once per process).
-bool fuse_rotary_and_cache() {
-  static const bool fused = [] {
-    const char* mode = std::getenv("FASTPAGE_ROTARY_CACHE");
-    return mode == nullptr || std::string(mode) != "separate";
-  }();
-  return fused;
 }
 
 at::Tensor& linear_layer(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
@@ -253,14 +242,11 @@ at::Tensor& DecoderModel::attention(const Layer& layer, int64_t layer_index, con
   }
   const at::Tensor& key_cache = cache.key(layer_index);
   const at::Tensor& value_cache = cache.value(layer_index);
-  if (c.position_type == PositionType::Rotary && fuse_rotary_and_cache()) {
+  if (c.position_type == PositionType::Rotary) {
     // One kernel rotates q and k in place and writes the rotated k and v into the cache.
     ops::rotary_embedding_and_cache(in.positions, q, k, v, cos_sin_cache_, c.head_dim, key_cache, value_cache,
                                     in.slot_mapping);
   } else {
-    if (c.position_type == PositionType::Rotary) {
-      ops::rotary_embedding(in.positions, q, k, cos_sin_cache_, c.head_dim);
-    }
     ops::reshape_and_cache(k, v, key_cache, value_cache, in.slot_mapping);
   }
   ops::paged_attention(scratch.attn_out, q, key_cache, value_cache, in.query_start_loc, in.context_lens,

@@ -21,6 +21,9 @@ void Scheduler::State::register_pending_blocks() {
     auto it = seqs.find(pending.seq_id);
     if (it == seqs.end()) continue;  // its request was replaced by a new one with the same id
     const Sequence& owner = it->second;
+    // A block whose last token was a placeholder dropped by an abort between schedule() and fill()
+    // (possible only when another thread aborts mid-step) was never hashed: nothing to register.
+    if (static_cast<size_t>(pending.index) >= owner.block_hashes.size()) continue;
     const std::span<const int32_t> tokens(owner.token_ids);
     const BlockHash parent = pending.index == 0 ? kNoHash : owner.block_hashes[pending.index - 1];
     cache.register_block(pending.block, owner.block_hashes[pending.index], parent,
