@@ -1,6 +1,6 @@
 """The server end to end: the official openai client against a real `python -m
 fastpage.entrypoints.openai.api_server` process serving the tiny random Llama of tests/tiny_models.py
-with the tiny byte-level tokenizer of tests/tiny_tokenizer.py.
+with the tiny byte-level tokenizer of tests/tiny_tokenizer.py, without and with async scheduling.
 
 Generated text and logprobs are checked against HF transformers on the same weights."""
 
@@ -33,8 +33,10 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):  # noqa: F811
+# Every test runs against a server without and with async scheduling (the default on one GPU, opt-in
+# on the CPU): the same outputs are expected either way.
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async-scheduling"])
+def server(request, tiny_models, tmp_path_factory):  # noqa: F811
     path = tiny_models["llama"]
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         byte_level_bpe(256, all_bytes=False).save_pretrained(path)
@@ -47,7 +49,7 @@ def server(tiny_models, tmp_path_factory):  # noqa: F811
             "tiny-alias", "--max-model-len", str(MAX_MODEL_LEN), "--enable-auto-tool-choice",
             "--tool-call-parser", "hermes", "--chat-template", str(template_file), "--max-num-seqs", "16",
             "--dtype", "float32", "--device", "cpu", "--kv-cache-memory-bytes", str(4 << 20),
-            "--disable-log-stats"]
+            "--disable-log-stats"] + (["--async-scheduling"] if request.param else [])
     with running_server(args, work / "server.log", env={"FASTPAGE_API_KEY": API_KEY}) as base:
         yield {"base": base, "model": model, "tokenizer": tokenizer}
 
