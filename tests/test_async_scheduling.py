@@ -10,26 +10,14 @@ import pytest
 
 from fastpage import LLM, SamplingParams, _C
 from fastpage.engine_args import EngineArgs
-from test_llm import MAX_MODEL_LEN, hf_greedy, hf_model, with_tokenizer
+from test_llm import MAX_MODEL_LEN, assert_no_leaks, hf_greedy, hf_model, with_tokenizer
 from tiny_models import tiny_models  # noqa: F401  (session fixture)
-
-Status, Reason = _C.SequenceStatus, _C.FinishReason
-PLACEHOLDER = _C.PLACEHOLDER_TOKEN
 
 
 def make_llm(path, async_scheduling, **kwargs):
     kwargs.setdefault("kv_cache_memory_bytes", 4 << 20)
     return LLM(model=path, dtype="float32", device="cpu", max_model_len=MAX_MODEL_LEN,
                async_scheduling=async_scheduling, **kwargs)
-
-
-def assert_idle_and_clean(llm):
-    engine = llm.llm_engine
-    assert not engine.has_unfinished_requests()
-    assert not engine.engine.has_unfinished()
-    engine.engine.check_invariants()  # idle: every block free, refcounts match
-    stats = engine.get_stats()
-    assert stats["num_free_device_blocks"] == stats["num_device_blocks"], stats
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def clean_after(request):
     yield
     if "pair" in request.fixturenames:
         for llm in request.getfixturevalue("pair"):
-            assert_idle_and_clean(llm)
+            assert_no_leaks(llm)
 
 
 def random_prompts(lengths, seed=0):
@@ -184,7 +172,7 @@ def test_preemption(llama_dir, swap_space):
     assert summary([finished[str(i)] for i in range(len(prompts))]) == summary(want)
     assert summary(small[0].generate(prompts, params, use_tqdm=False)) == summary(want)
     for llm in small + [reference]:
-        assert_idle_and_clean(llm)
+        assert_no_leaks(llm)
 
 
 def test_prefix_caching_with_shared_prompts(pair):
@@ -227,72 +215,3 @@ def test_outputs_come_one_call_later(pair):
     while engine.has_unfinished_requests():
         counts.append([len(o.outputs[0].token_ids) for o in engine.step()])
     assert counts == [[], [1], [2], [3]]
-
-
-# ---------------------------------------------------------------- the scheduler's two halves
-
-def make_scheduler(num_blocks=8, block_size=4, caching=True):
-    config = _C.EngineConfig()
-    config.block_size = block_size
-    config.max_num_batched_tokens = 64
-    config.max_num_seqs = 8
-    config.enable_prefix_caching = caching
-    return _C.Scheduler(config, 64, num_blocks, 0)
-
-
-def params(max_tokens=16, **kwargs):
-    p = _C.CSamplingParams()
-    p.max_tokens = max_tokens
-    for key, value in kwargs.items():
-        setattr(p, key, value)
-    return p
-
-
-def test_reserve_plans_the_placeholder_and_fill_replaces_it():
-    sched = make_scheduler()
-    seq_id = sched.add_request("a", [5, 6, 7], params(max_tokens=3))
-    assert sched.schedule().input_ids == [5, 6, 7]
-    sched.reserve([seq_id])
-    seq = sched.sequence(seq_id)
-    assert seq.token_ids == [5, 6, 7, PLACEHOLDER] and seq.awaiting_token and seq.block_hashes == []
-    plan = sched.schedule()  # the decode of the token not yet on the host
-    assert (plan.input_ids, plan.positions, plan.num_decode_seqs) == ([PLACEHOLDER], [3], 1)
-    sched.check_invariants()
-    filled = sched.fill([_C.SampledToken(seq_id, 8, -0.5)])
-    assert filled[0].accepted and filled[0].finish_reason == Reason.None_
-    seq = sched.sequence(seq_id)
-    assert seq.token_ids == [5, 6, 7, 8] and not seq.awaiting_token and len(seq.block_hashes) == 1
-    sched.reserve([seq_id])
-    assert not sched.sequence(seq_id).ends_with_awaited_token  # 2 of 3 tokens
-    sched.schedule()
-    sched.fill([_C.SampledToken(seq_id, 9, -0.5)])
-    sched.reserve([seq_id])
-    assert sched.sequence(seq_id).ends_with_awaited_token  # the 3rd token is the last: not scheduled again
-    assert sched.schedule().empty()
-    filled = sched.fill([_C.SampledToken(seq_id, 10, -0.5)])
-    assert filled[0].finish_reason == Reason.Length
-    assert sched.sequence(seq_id).token_ids == [5, 6, 7, 8, 9, 10]
-    assert sched.schedule().empty() and not sched.has_unfinished()
-    sched.check_invariants()
-
-
-def test_fill_drops_the_token_of_an_aborted_sequence_and_keeps_a_preempted_ones():
-    sched = make_scheduler(num_blocks=2, caching=False)
-    first = sched.add_request("first", [1, 2, 3, 4], params())
-    second = sched.add_request("second", [5, 6, 7], params())
-    sched.schedule()
-    sched.reserve([first, second])
-    with pytest.raises(ValueError, match="not scheduled"):
-        sched.reserve([first])  # one placeholder at a time
-    # Both need a second block now: the later one is preempted (recompute) with its token in flight.
-    plan = sched.schedule()
-    assert plan.preempted_seq_ids == [second] and plan.input_ids == [PLACEHOLDER]
-    assert sched.sequence(second).status == Status.Waiting
-    sched.abort_request("first")
-    assert sched.sequence(first).token_ids == [1, 2, 3, 4]  # the placeholder went with it
-    filled = sched.fill([_C.SampledToken(first, 11), _C.SampledToken(second, 12)])
-    assert [f.accepted for f in filled] == [False, True]
-    assert sched.sequence(second).token_ids == [5, 6, 7, 12]
-    sched.check_invariants()
-    plan = sched.schedule()  # readmitted: prompt and its output recomputed
-    assert plan.input_ids == [5, 6, 7, 12]

@@ -53,8 +53,12 @@ def hf_greedy(model, prompt_ids: list[int], num_tokens: int) -> list[int]:
 
 
 def assert_no_leaks(llm: LLM) -> None:
-    stats = llm.llm_engine.get_stats()
-    assert not llm.llm_engine.has_unfinished_requests()
+    """Idle in Python and in C++, every block free, the scheduler's invariants hold."""
+    engine = llm.llm_engine
+    stats = engine.get_stats()
+    assert not engine.has_unfinished_requests()
+    assert not engine.engine.has_unfinished()
+    engine.engine.check_invariants()
     assert stats["num_free_device_blocks"] == stats["num_device_blocks"], stats
 
 

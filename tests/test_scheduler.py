@@ -1,10 +1,12 @@
-"""Scheduler: exact step plans for batching, chunked prefill, copy-on-write, preemption, finishing."""
+"""Scheduler: exact step plans for batching, chunked prefill, copy-on-write, preemption, finishing,
+and async scheduling's reserve/fill."""
 
 import pytest
 
 from fastpage import _C
 
 Status, Reason = _C.SequenceStatus, _C.FinishReason
+PLACEHOLDER = _C.PLACEHOLDER_TOKEN
 
 
 def make_scheduler(block_size=4, num_blocks=8, host_blocks=0, budget=64, max_seqs=8, max_model_len=64,
@@ -358,3 +360,55 @@ def test_scheduling_many_sequences_stays_consistent():
         sample_all(sched, plan)
         steps += 1
     assert steps < 60 and sched.device_blocks.num_free_blocks == 4096
+
+
+# ---- async scheduling's two halves: reserve() appends a placeholder, fill() replaces it
+
+def test_reserve_plans_the_placeholder_and_fill_replaces_it():
+    sched = make_scheduler(caching=True)
+    seq_id = sched.add_request("a", [5, 6, 7], params(max_tokens=3))
+    assert sched.schedule().input_ids == [5, 6, 7]
+    sched.reserve([seq_id])
+    seq = sched.sequence(seq_id)
+    assert seq.token_ids == [5, 6, 7, PLACEHOLDER] and seq.awaiting_token and seq.block_hashes == []
+    plan = sched.schedule()  # the decode of the token not yet on the host
+    assert (plan.input_ids, plan.positions, plan.num_decode_seqs) == ([PLACEHOLDER], [3], 1)
+    sched.check_invariants()
+    filled = sched.fill([_C.SampledToken(seq_id, 8, -0.5)])
+    assert filled[0].accepted and filled[0].finish_reason == Reason.None_
+    seq = sched.sequence(seq_id)
+    assert seq.token_ids == [5, 6, 7, 8] and not seq.awaiting_token and len(seq.block_hashes) == 1
+    sched.reserve([seq_id])
+    assert not sched.sequence(seq_id).ends_with_awaited_token  # 2 of 3 tokens
+    sched.schedule()
+    sched.fill([_C.SampledToken(seq_id, 9, -0.5)])
+    sched.reserve([seq_id])
+    assert sched.sequence(seq_id).ends_with_awaited_token  # the 3rd token is the last: not scheduled again
+    assert sched.schedule().empty()
+    filled = sched.fill([_C.SampledToken(seq_id, 10, -0.5)])
+    assert filled[0].finish_reason == Reason.Length
+    assert sched.sequence(seq_id).token_ids == [5, 6, 7, 8, 9, 10]
+    assert sched.schedule().empty() and not sched.has_unfinished()
+    sched.check_invariants()
+
+
+def test_fill_drops_the_token_of_an_aborted_sequence_and_keeps_a_preempted_ones():
+    sched = make_scheduler(num_blocks=2)
+    first = sched.add_request("first", [1, 2, 3, 4], params())
+    second = sched.add_request("second", [5, 6, 7], params())
+    sched.schedule()
+    sched.reserve([first, second])
+    with pytest.raises(ValueError, match="not scheduled"):
+        sched.reserve([first])  # one placeholder at a time
+    # Both need a second block now: the later one is preempted (recompute) with its token in flight.
+    plan = sched.schedule()
+    assert plan.preempted_seq_ids == [second] and plan.input_ids == [PLACEHOLDER]
+    assert sched.sequence(second).status == Status.Waiting
+    sched.abort_request("first")
+    assert sched.sequence(first).token_ids == [1, 2, 3, 4]  # the placeholder went with it
+    filled = sched.fill([_C.SampledToken(first, 11), _C.SampledToken(second, 12)])
+    assert [f.accepted for f in filled] == [False, True]
+    assert sched.sequence(second).token_ids == [5, 6, 7, 12]
+    sched.check_invariants()
+    plan = sched.schedule()  # readmitted: prompt and its output recomputed
+    assert plan.input_ids == [5, 6, 7, 12]

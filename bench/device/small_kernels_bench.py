@@ -17,41 +17,26 @@ old (`match`). Prints one JSON row per case and writes them all with --out.
 
 import argparse
 import json
-import statistics
 
 import torch
 
 import fastpage  # noqa: F401  (registers torch.ops.fastpage)
+from kernel_bench import time_ms  # the same CUDA-event median (this script's folder is on sys.path)
 
 ops = torch.ops.fastpage
 LLAMA3_VOCAB = 128256
 
 
-def median_event_ms(fn, iters, warmup=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def time_us(fn, graph_calls, iters=200):
     """(eager us per call, graph us per call)."""
-    eager = median_event_ms(fn, iters) * 1e3
+    eager = time_ms(fn, iters, warmup=10) * 1e3
     fn()  # warm-up outside capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(graph_calls):
             fn()
-    replay = median_event_ms(graph.replay, max(20, iters // 4)) * 1e3
+    replay = time_ms(graph.replay, max(20, iters // 4), warmup=10) * 1e3
     return eager, replay / graph_calls
 
 
