@@ -130,7 +130,8 @@ void bind_core(py::module_& m) {
       .def(py::init<const EngineConfig&, int64_t, int32_t, int32_t>(), py::arg("config"), py::arg("max_model_len"),
            py::arg("num_device_blocks"), py::arg("num_host_blocks") = 0)
       .def("add_request", &Scheduler::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
-           py::arg("params"), py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("priority") = 0)
+           py::arg("params"), py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("priority") = 0,
+           py::arg("handle") = -1)
       .def("abort_request", &Scheduler::abort_request, py::arg("request_id"))
       .def("schedule", &Scheduler::schedule, gil_release())
       .def("update", &Scheduler::update, py::arg("tokens"), gil_release())

@@ -2,26 +2,13 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "bindings.h"
-#include "fastpage/engine.h"
+#include "fastpage/engine_loop.h"
 
 namespace py = pybind11;
 
 namespace fastpage::bindings {
 
 void bind_engine(py::module_& m) {
-  py::class_<StepOutput>(m, "StepOutput")
-      .def_readonly("request_id", &StepOutput::request_id)
-      .def_readonly("seq_index", &StepOutput::seq_index)
-      .def_readonly("new_token_ids", &StepOutput::new_token_ids)
-      .def_readonly("logprobs", &StepOutput::logprobs)
-      .def_readonly("prompt_logprobs", &StepOutput::prompt_logprobs)
-      .def_readonly("cumulative_logprob", &StepOutput::cumulative_logprob)
-      .def_readonly("finished", &StepOutput::finished)
-      .def_readonly("finish_reason", &StepOutput::finish_reason)
-      .def_readonly("stop_token", &StepOutput::stop_token)
-      .def_readonly("num_prompt_tokens", &StepOutput::num_prompt_tokens)
-      .def_readonly("num_cached_tokens", &StepOutput::num_cached_tokens);
-
   py::class_<EngineStats>(m, "EngineStats")
       .def_readonly("num_running", &EngineStats::num_running)
       .def_readonly("num_waiting", &EngineStats::num_waiting)
@@ -34,25 +21,58 @@ void bind_engine(py::module_& m) {
       .def_readonly("prompt_tokens", &EngineStats::prompt_tokens)
       .def_readonly("generation_tokens", &EngineStats::generation_tokens);
 
-  py::class_<Engine>(m, "Engine")
+  // Each read of a list field converts the whole vector: read every field once.
+  py::class_<StepBatch>(m, "StepBatch")
+      .def_readonly("handles", &StepBatch::handles)
+      .def_readonly("seq_indices", &StepBatch::seq_indices)
+      .def_readonly("token_offsets", &StepBatch::token_offsets)
+      .def_readonly("token_ids", &StepBatch::token_ids)
+      .def_readonly("finish_reasons", &StepBatch::finish_reasons)
+      .def_readonly("stop_tokens", &StepBatch::stop_tokens)
+      .def_readonly("cumulative_logprobs", &StepBatch::cumulative_logprobs)
+      .def_readonly("num_cached_tokens", &StepBatch::num_cached_tokens)
+      .def_readonly("logprob_rows", &StepBatch::logprob_rows)
+      .def_readonly("logprobs", &StepBatch::logprobs)
+      .def_readonly("prompt_logprob_rows", &StepBatch::prompt_logprob_rows)
+      .def_readonly("prompt_logprobs", &StepBatch::prompt_logprobs)
+      .def_readonly("rejected_handles", &StepBatch::rejected_handles)
+      .def_readonly("rejected_reasons", &StepBatch::rejected_reasons)
+      .def_readonly("timestamp", &StepBatch::timestamp)
+      .def_readonly("num_steps", &StepBatch::num_steps)
+      .def_readonly("stats", &StepBatch::stats)
+      .def_readonly("failure", &StepBatch::failure)
+      .def_property_readonly("num_rows", &StepBatch::num_rows)
+      .def("empty", &StepBatch::empty);
+
+  using Loop = EngineLoop;
+  py::class_<Loop>(m, "EngineLoop")
       .def(py::init([](const ModelConfig& model, const EngineConfig& config, WeightMap weights,
                        const std::string& device, c10::ScalarType dtype) {
-             return std::make_unique<Engine>(model, config, std::move(weights), c10::Device(device), dtype);
+             return std::make_unique<Loop>(
+                 std::make_unique<Engine>(model, config, std::move(weights), c10::Device(device), dtype));
            }),
            py::arg("model_config"), py::arg("engine_config"), py::arg("weights"), py::arg("device") = "cpu",
            py::arg("dtype") = at::kFloat, py::call_guard<py::gil_scoped_release>())
-      .def("add_request", &Engine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
+      .def("add_request", &Loop::add_request, py::arg("handle"), py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("priority") = 0)
-      .def("abort_request", &Engine::abort_request, py::arg("request_id"))
-      .def("finish_sequence", &Engine::finish_sequence, py::arg("request_id"), py::arg("seq_index"))
-      .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
-      .def("has_unfinished", &Engine::has_unfinished)
-      .def("stats", &Engine::stats)
-      .def("check_invariants", [](const Engine& e) { e.scheduler().check_invariants(); })
-      .def_property_readonly("max_model_len", [](const Engine& e) { return e.config().max_model_len; })
-      .def_property_readonly("async_scheduling", &Engine::async_scheduling)
-      .def_property_readonly("num_device_blocks",
-                             [](const Engine& e) { return e.scheduler().device_blocks().num_blocks(); });
+      .def("abort_request", &Loop::abort_request, py::arg("request_id"))
+      .def("finish_sequence", &Loop::finish_sequence, py::arg("request_id"), py::arg("seq_index"))
+      .def("start", &Loop::start)
+      .def("stop", &Loop::stop, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("running", &Loop::running)
+      .def("step", &Loop::step, py::call_guard<py::gil_scoped_release>())
+      .def("take", &Loop::take, py::arg("timeout_s") = 0.0, py::call_guard<py::gil_scoped_release>())
+      .def("has_unfinished", &Loop::has_unfinished)
+      .def("stats", &Loop::stats)
+      .def_property_readonly("step_cpu_seconds", &Loop::step_cpu_seconds)
+      .def("check_invariants",
+           [](Loop& loop) { loop.run_between_steps([](Engine& engine) { engine.check_invariants(); }); },
+           py::call_guard<py::gil_scoped_release>())
+      .def("reset_prefix_cache",
+           [](Loop& loop) { loop.run_between_steps([](Engine& engine) { engine.reset_prefix_cache(); }); },
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("max_model_len", [](const Loop& loop) { return loop.engine().config().max_model_len; })
+      .def_property_readonly("async_scheduling", [](const Loop& loop) { return loop.engine().async_scheduling(); });
 }
 
 }  // namespace fastpage::bindings

@@ -77,7 +77,7 @@ def test_the_flag_defaults_off_on_cpu_and_refuses_several_ranks(llama_dir):
     config.async_scheduling = True
     config.parallel.tensor_parallel_size = 2
     with pytest.raises(ValueError, match="async_scheduling"):
-        _C.Engine(_C.ModelConfig(), config, {}, "cpu")
+        _C.EngineLoop(_C.ModelConfig(), config, {}, "cpu")
 
 
 def test_greedy_batch_of_mixed_lengths_matches_transformers(pair, llama_dir):

@@ -1,4 +1,4 @@
-"""Tensor and pipeline parallelism on CPU with Gloo (one process per rank, `python -m fastpage.worker`).
+"""Tensor and pipeline parallelism on CPU with Gloo (one process per rank, `python -m fastpage.distributed.worker`).
 
 Reference: the same tiny model (tests/tiny_models.py) in one process. Every parallel layout must give
 the same greedy tokens, with close logprobs, for a mixed batch run twice (long prompts split by
@@ -170,7 +170,7 @@ ENGINE_FLAGS = ["--dtype", "float32", "--device", "cpu", "--max-model-len", "256
 
 
 def worker_pids(model_path: str) -> list[int]:
-    """Live `python -m fastpage.worker` processes serving `model_path`."""
+    """Live `python -m fastpage.distributed.worker` processes serving `model_path`."""
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -178,7 +178,7 @@ def worker_pids(model_path: str) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"fastpage.worker" in cmdline and model_path.encode() in cmdline and not process_gone(int(entry)):
+        if b"fastpage.distributed.worker" in cmdline and model_path.encode() in cmdline and not process_gone(int(entry)):
             pids.append(int(entry))
     return pids
 

@@ -45,7 +45,7 @@ def worker_pids() -> list[int]:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"fastpage.worker" in f.read():
+                    if b"fastpage.distributed.worker" in f.read():
                         pids.append(int(entry))
             except OSError:
                 pass

@@ -66,8 +66,7 @@ Engine::~Engine() {
   }
 }
 
-void Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                         const SamplingParams& params, std::vector<int32_t> eos_token_ids, int32_t priority) {
+void Engine::validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const {
   const int64_t vocab = model_config_.vocab_size;
   for (int32_t token : prompt_token_ids) {
     if (token < 0 || token >= vocab) {
@@ -85,17 +84,29 @@ void Engine::add_request(const std::string& request_id, std::vector<int32_t> pro
   if (params.n < 1 || params.best_of < params.n) {
     throw std::invalid_argument("n must be >= 1 and best_of >= n");
   }
+  scheduler_->validate_request(prompt_token_ids, params);
+}
+
+RequestHandle Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                                  const SamplingParams& params, std::vector<int32_t> eos_token_ids,
+                                  int32_t priority, RequestHandle handle) {
+  validate_request(prompt_token_ids, params);
   SamplingParams resolved = params;
   if (!resolved.seed) {
     // Unseeded requests still get a fixed stream, so a run is reproducible from the engine seed.
     next_seed_ = splitmix64(next_seed_);
     resolved.seed = next_seed_;
   }
-  scheduler_->add_request(request_id, std::move(prompt_token_ids), resolved, std::move(eos_token_ids), priority);
+  if (handle < 0) handle = next_handle_++;
+  scheduler_->add_request(request_id, std::move(prompt_token_ids), resolved, std::move(eos_token_ids), priority,
+                          handle);
+  if (params.prompt_logprobs) prompt_logprobs_[handle] = {};
+  return handle;
 }
 
 bool Engine::abort_request(const std::string& request_id) {
-  pending_prompt_logprobs_.erase(request_id);
+  const Request* request = scheduler_->find_request(request_id);
+  if (request) forget_request(request->handle);
   return scheduler_->abort_request(request_id);
 }
 
@@ -106,7 +117,10 @@ void Engine::finish_sequence(const std::string& request_id, int32_t seq_index) {
     const Sequence& seq = scheduler_->sequence(seq_id);
     if (seq.index == seq_index && !seq.finished()) scheduler_->finish_sequence(seq_id, FinishReason::Stop);
   }
+  if (all_finished(*request)) forget_request(request->handle);
 }
+
+void Engine::forget_request(RequestHandle handle) { prompt_logprobs_.erase(handle); }
 
 bool Engine::has_unfinished() const { return scheduler_->has_unfinished(); }
 
@@ -124,12 +138,34 @@ std::vector<StepOutput> Engine::step() {
     plan = scheduler_->schedule();
   }
   if (plan.empty()) return in_flight_ ? complete_in_flight() : std::vector<StepOutput>{};
+  const LogitsLayout layout = logits_layout(plan);
+  at::Tensor logits = execute(plan, layout);
+  // Step N-1's tokens are appended before step N samples: its penalties and min_tokens see them, and
+  // a sequence that step N-1 finished samples nothing more (its token in step N is discarded).
+  std::vector<StepOutput> outputs;
+  if (in_flight_) outputs = complete_in_flight();
+  collect_prompt_logprobs(plan, logits, layout);
+  const std::vector<ToSample> to_sample = sequences_to_sample(plan, layout);
+  const bool complete_now = !to_sample.empty() && launch_sample(logits, to_sample);
+  {
+    // On the CPU, freeing [rows, vocab] float32 logits is an munmap that costs tens of ms at large
+    // batches (e.g. 256 x 128k: ~40 ms); named, so a profile tells it from the rest.
+    RECORD_USER_SCOPE("fastpage::release_logits");
+    logits = at::Tensor();
+  }
+  if (complete_now) {
+    std::vector<StepOutput> now = complete_in_flight();
+    outputs.insert(outputs.end(), std::make_move_iterator(now.begin()), std::make_move_iterator(now.end()));
+  }
+  return outputs;
+}
 
-  // Which flattened token positions need logits: the last one of every sampling chunk, and every
-  // prompt position of chunks that want prompt logprobs.
-  std::vector<int64_t> logits_indices;
-  std::vector<int64_t> sample_row(plan.seqs.size(), -1);
-  std::vector<std::pair<int64_t, int64_t>> prompt_rows(plan.seqs.size(), {-1, 0});  // first row, count
+Engine::LogitsLayout Engine::logits_layout(const StepPlan& plan) const {
+  // The last position of every sampling chunk, and every prompt position of chunks that want
+  // prompt logprobs.
+  LogitsLayout layout;
+  layout.sample_row.assign(plan.seqs.size(), -1);
+  layout.prompt_rows.assign(plan.seqs.size(), {-1, 0});
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const ScheduledSeq& s = plan.seqs[i];
     const int64_t first_token = plan.query_start_loc[i];
@@ -138,57 +174,56 @@ std::vector<StepOutput> Engine::step() {
       // Position p predicts token p + 1; only prompt tokens 1..P-1 are scored.
       const int64_t last_scored = std::min<int64_t>(s.start_position + s.num_new_tokens, seq.num_prompt_tokens - 1);
       const int64_t count = last_scored - s.start_position;
-      if (count > 0 && !prompt_logprobs_done_.count(scheduler_->request_of(s.seq_id).request_id)) {
-        prompt_rows[i] = {static_cast<int64_t>(logits_indices.size()), count};
-        for (int64_t k = 0; k < count; ++k) logits_indices.push_back(first_token + k);
+      auto entry = prompt_logprobs_.find(scheduler_->request_of(s.seq_id).handle);
+      if (count > 0 && entry != prompt_logprobs_.end() && !entry->second.done) {
+        layout.prompt_rows[i] = {static_cast<int64_t>(layout.indices.size()), count};
+        for (int64_t k = 0; k < count; ++k) layout.indices.push_back(first_token + k);
       }
     }
     if (s.sample) {
-      sample_row[i] = static_cast<int64_t>(logits_indices.size());
-      logits_indices.push_back(first_token + s.num_new_tokens - 1);
+      layout.sample_row[i] = static_cast<int64_t>(layout.indices.size());
+      layout.indices.push_back(first_token + s.num_new_tokens - 1);
     }
   }
+  return layout;
+}
+
+at::Tensor Engine::execute(const StepPlan& plan, const LogitsLayout& layout) {
+  RECORD_USER_SCOPE("fastpage::execute");
   at::Tensor logits;
   try {
-    RECORD_USER_SCOPE("fastpage::execute");
-    if (control_) control_->send_step(plan, logits_indices);
-    logits = runner_->execute(plan, logits_indices, deferred_inputs(plan));
+    if (control_) control_->send_step(plan, layout.indices);
+    logits = runner_->execute(plan, layout.indices, deferred_inputs(plan));
   } catch (const std::runtime_error& e) {
     if (control_) failure_ = e.what();  // the ranks are out of step: no further steps
     throw;
   }
   num_prompt_tokens_ += plan.num_tokens() - plan.num_decode_seqs;
+  return logits;
+}
 
-  // Step N-1's tokens are appended before step N samples: its penalties and min_tokens see them, and
-  // a sequence that step N-1 finished samples nothing more (its token in step N is discarded).
-  std::vector<StepOutput> outputs;
-  if (in_flight_) outputs = complete_in_flight();
-  collect_prompt_logprobs(plan, logits, prompt_rows);
-
-  // A request's first sample forks it into best_of sequences that draw from the same logits row.
-  // All forks happen before any row is built. Sequences are looked up once per row (each lookup
-  // takes the scheduler's lock); the references stay valid until the next schedule().
-  struct ToSample {
-    int64_t seq_id, logits_row;
-    const Sequence* seq;
-    const Request* request;
-  };
+std::vector<Engine::ToSample> Engine::sequences_to_sample(const StepPlan& plan, const LogitsLayout& layout) {
+  // All forks happen before any row is built. Sequences are looked up once per row; the references
+  // stay valid until the next schedule().
   std::vector<ToSample> to_sample;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    if (sample_row[i] < 0) continue;
+    if (layout.sample_row[i] < 0) continue;
     const int64_t parent = plan.seqs[i].seq_id;
     const Sequence& seq = scheduler_->sequence(parent);
     if (seq.finished()) continue;  // by step N-1's token, an abort or finish_sequence
     const Request& request = scheduler_->request_of(parent);
-    to_sample.push_back({parent, sample_row[i], &seq, &request});
+    to_sample.push_back({parent, layout.sample_row[i], &seq, &request});
     if (request.params.best_of > 1 && request.seq_ids.size() == 1 && seq.num_output_tokens() == 0) {
       for (int32_t k = 1; k < request.params.best_of; ++k) {
         const int64_t child = scheduler_->fork(parent);
-        to_sample.push_back({child, sample_row[i], &scheduler_->sequence(child), &request});
+        to_sample.push_back({child, layout.sample_row[i], &scheduler_->sequence(child), &request});
       }
     }
   }
-  if (to_sample.empty()) return outputs;
+  return to_sample;
+}
+
+bool Engine::launch_sample(const at::Tensor& logits, const std::vector<ToSample>& to_sample) {
   std::vector<SamplingRow> rows;
   rows.reserve(to_sample.size());
   // Completed in this call without async scheduling, and for rows whose logprobs the sampler
@@ -208,17 +243,10 @@ std::vector<StepOutput> Engine::step() {
     rows.push_back(row);
     complete_now = complete_now || wants_logprobs(req.params);
   }
-
   InFlightStep step;
   {
     RECORD_USER_SCOPE("fastpage::sample");
     step.sample = sampler_.launch(logits, rows);
-  }
-  {
-    // On the CPU, freeing [rows, vocab] float32 logits is an munmap that costs tens of ms at large
-    // batches (e.g. 256 x 128k: ~40 ms); named, so a profile tells it from the rest.
-    RECORD_USER_SCOPE("fastpage::release_logits");
-    logits = at::Tensor();
   }
   step.seq_ids.reserve(to_sample.size());
   for (const ToSample& entry : to_sample) step.seq_ids.push_back(entry.seq_id);
@@ -228,11 +256,7 @@ std::vector<StepOutput> Engine::step() {
     for (size_t r = 0; r < step.seq_ids.size(); ++r) step.row_of.emplace(step.seq_ids[r], static_cast<int64_t>(r));
   }
   in_flight_ = std::move(step);
-  if (complete_now) {
-    std::vector<StepOutput> now = complete_in_flight();
-    outputs.insert(outputs.end(), std::make_move_iterator(now.begin()), std::make_move_iterator(now.end()));
-  }
-  return outputs;
+  return complete_now;
 }
 
 DeferredInputIds Engine::deferred_inputs(const StepPlan& plan) const {
@@ -281,41 +305,33 @@ std::vector<StepOutput> Engine::complete_in_flight() {
       const Sequence& seq = *filled[r].seq;
       const Request& req = *filled[r].request;
       StepOutput out;
-      out.request_id = req.request_id;
+      out.handle = req.handle;
       out.seq_index = seq.index;
       out.new_token_ids = {sampled.tokens[r]};
       if (req.params.logprobs) out.logprobs.push_back(std::move(sampled.logprobs[r]));
-      if (seq.index == 0 && seq.num_output_tokens() == 1) {
-        auto pending = pending_prompt_logprobs_.find(req.request_id);
-        if (pending != pending_prompt_logprobs_.end()) {
-          out.prompt_logprobs = std::move(pending->second);
-          pending_prompt_logprobs_.erase(pending);
-        }
+      if (seq.index == 0 && seq.num_output_tokens() == 1 && req.params.prompt_logprobs) {
+        auto pending = prompt_logprobs_.find(req.handle);
+        if (pending != prompt_logprobs_.end()) out.prompt_logprobs = std::move(pending->second.entries);
       }
       out.cumulative_logprob = seq.cumulative_logprob;
-      out.num_prompt_tokens = seq.num_prompt_tokens;
       out.num_cached_tokens = seq.num_cached_prompt_tokens;
-      if (filled[r].finish_reason != FinishReason::None) {
-        out.finished = true;
-        out.finish_reason = filled[r].finish_reason;
-        out.stop_token = filled[r].stop_token;
-      }
+      out.finish_reason = filled[r].finish_reason;
+      out.stop_token = filled[r].stop_token;
       outputs.push_back(std::move(out));
     }
   }
   num_generation_tokens_ += static_cast<int64_t>(outputs.size());
   for (size_t r = 0; r < num_rows; ++r) {
     if (filled[r].finish_reason != FinishReason::None && all_finished(*filled[r].request)) {
-      prompt_logprobs_done_.erase(filled[r].request->request_id);
+      forget_request(filled[r].request->handle);
     }
   }
   return outputs;
 }
 
-void Engine::collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits,
-                                     const std::vector<std::pair<int64_t, int64_t>>& prompt_rows) {
+void Engine::collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits, const LogitsLayout& layout) {
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const auto [first_row, count] = prompt_rows[i];
+    const auto [first_row, count] = layout.prompt_rows[i];
     if (first_row < 0) continue;
     const ScheduledSeq& s = plan.seqs[i];
     const Sequence& seq = scheduler_->sequence(s.seq_id);
@@ -324,9 +340,10 @@ void Engine::collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& log
                                  seq.token_ids.begin() + s.start_position + 1 + count);
     at::Tensor rows = logits.narrow(0, first_row, count);
     auto scored = Sampler::score(rows, targets, *req.params.prompt_logprobs);
-    auto& pending = pending_prompt_logprobs_[req.request_id];
-    pending.insert(pending.end(), std::make_move_iterator(scored.begin()), std::make_move_iterator(scored.end()));
-    if (s.start_position + s.num_new_tokens >= seq.num_prompt_tokens) prompt_logprobs_done_.insert(req.request_id);
+    PromptLogprobs& pending = prompt_logprobs_.at(req.handle);
+    pending.entries.insert(pending.entries.end(), std::make_move_iterator(scored.begin()),
+                           std::make_move_iterator(scored.end()));
+    if (s.start_position + s.num_new_tokens >= seq.num_prompt_tokens) pending.done = true;
   }
 }
 
@@ -336,6 +353,12 @@ bool Engine::all_finished(const Request& request) const {
   }
   return true;
 }
+
+void Engine::check_invariants() const { scheduler_->check_invariants(); }
+
+void Engine::reset_prefix_cache() { scheduler_->reset_prefix_cache(); }
+
+c10::Device Engine::device() const { return runner_->device(); }
 
 EngineStats Engine::stats() const {
   EngineStats s;

@@ -108,6 +108,22 @@ class EngineArgs:
         settings.update(max_model_len=max_model_len, device_type="cpu" if self.resolved_device() == "cpu" else "cuda")
         return settings
 
+    def resolved_model(self) -> str:
+        """The model path; the default model when none was given."""
+        if self.model is not None:
+            return self.model
+        from fastpage.model_loader.default_model import default_model_path
+
+        return default_model_path()
+
+    def resolved_max_model_len(self, model_max_len: int) -> int:
+        """max_model_len, defaulting to the model's context length; ValueError beyond it."""
+        max_model_len = self.max_model_len or model_max_len
+        if max_model_len > model_max_len:
+            raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "
+                             f"({model_max_len}).")
+        return max_model_len
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device

@@ -95,9 +95,11 @@ class LLM:
                 request_id = str(next(self._request_counter))
                 engine.add_request(request_id, prompt, params)
                 request_ids.append(request_id)
+            # The loop's thread steps while this one processes the outputs.
+            engine.start_loop()
             with _progress_bar(len(prompts), use_tqdm) as bar:
                 while len(finished) < len(request_ids):
-                    for output in engine.step():
+                    for output in engine.wait_outputs(timeout_s=0.5):
                         if output.finished:
                             finished[output.request_id] = output
                             bar.update_output(output)
@@ -105,6 +107,8 @@ class LLM:
             # Leave the engine clean for the next call (a bad prompt, Ctrl-C, an engine error).
             engine.abort_request([rid for rid in request_ids if rid not in finished])
             raise
+        finally:
+            engine.stop_loop()
         return [finished[rid] for rid in request_ids]
 
 

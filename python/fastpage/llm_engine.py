@@ -1,58 +1,33 @@
-"""LLMEngine: the C++ engine plus tokenization, detokenization and stop strings.
+"""LLMEngine: the C++ engine loop plus tokenization, the output processor and the user-facing API.
 
-One pass down (tokenize, validate, add to the C++ engine), one pass back (new token ids ->
-text, stop strings -> RequestOutput). Not thread-safe: the caller steps it from one thread.
+One pass down (tokenize, validate, queue an "add" command on the engine loop), one pass back (the
+loop's batched step outputs -> the output processor -> RequestOutputs). Driven two ways, through the
+same loop: step() runs one engine step on the calling thread; start_loop() lets the loop's own C++
+thread step back to back while the caller takes outputs with wait_outputs() (LLM.generate, the
+server). add_request and abort_request are safe from any thread; the rest belongs to one thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+import itertools
 from typing import Any
 
-import torch
-
 from fastpage.engine_args import EngineArgs
+from fastpage.output_processor import OutputProcessor
 from fastpage.outputs import RequestOutput
 from fastpage.request_state import RequestState
-from fastpage.sampling_params import RequestOutputKind, SamplingParams
+from fastpage.sampling_params import SamplingParams
 from fastpage.tokenizer import Tokenizer, load_tokenizer
 
 Prompt = str | list[int] | dict[str, Any]
-
-
-def _resolve_max_model_len(args: EngineArgs, model_max_len: int) -> int:
-    max_model_len = args.max_model_len or model_max_len
-    if max_model_len > model_max_len:
-        raise ValueError(f"max_model_len ({max_model_len}) is larger than the model's context length "
-                         f"({model_max_len}).")
-    return max_model_len
-
-
-def _resolve_model(model: str | None) -> str:
-    if model is not None:
-        return model
-    from fastpage.model_loader.default_model import default_model_path
-
-    return default_model_path()
-
-
-def run_worker_node(args: EngineArgs) -> int:
-    """Node k > 0 of a multi-node launch (`fastpage serve --nnodes N --node-rank K`): runs this node's
-    tensor/pipeline parallel ranks, no engine and no server, until node 0 shuts down. Exit code."""
-    from fastpage.distributed.launcher import run_worker_node as run_node
-    from fastpage.model_loader import read_model_config
-
-    args = dataclasses.replace(args, model=_resolve_model(args.model))
-    _, model_max_len = read_model_config(args.model)
-    return run_node(args, _resolve_max_model_len(args, model_max_len), args.resolved_device())
 
 
 class LLMEngine:
     def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
                  max_logprobs: int = 20, max_num_seqs: int | None = None,
                  generation_defaults: dict[str, Any] | None = None, parallel_runtime=None):
-        self.engine = engine  # fastpage._C.Engine
+        self.engine = engine  # fastpage._C.EngineLoop
         # fastpage.distributed.launcher.ParallelRuntime when tensor/pipeline parallel: the workers.
         self.parallel_runtime = parallel_runtime
         self.tokenizer = tokenizer
@@ -62,7 +37,8 @@ class LLMEngine:
         self.max_logprobs = max_logprobs
         self.max_num_seqs = max_num_seqs
         self.generation_defaults = dict(generation_defaults or {})
-        self._requests: dict[str, RequestState] = {}
+        self._handles = itertools.count()
+        self.processor = OutputProcessor(engine.finish_sequence)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -72,7 +48,7 @@ class LLMEngine:
         if args.node_rank != 0:
             raise ValueError(f"node_rank {args.node_rank}: the engine runs on node 0; the other nodes run "
                              "workers only (`fastpage serve ... --node-rank K`).")
-        model = _resolve_model(args.model)
+        model = args.resolved_model()
         device = args.resolved_device()
         runtime = None
         parallel = None
@@ -81,7 +57,7 @@ class LLMEngine:
             from fastpage.model_loader import read_model_config
 
             model_config, model_max_len = read_model_config(model)
-            max_model_len = _resolve_max_model_len(args, model_max_len)
+            max_model_len = args.resolved_max_model_len(model_max_len)
             probe = _C.ParallelConfig()
             probe.tensor_parallel_size, probe.pipeline_parallel_size = (args.tensor_parallel_size,
                                                                         args.pipeline_parallel_size)
@@ -92,14 +68,14 @@ class LLMEngine:
         try:
             loaded = load_model(model, dtype=args.dtype, device=device, load_format=args.load_format,
                                 parallel=parallel)
-            max_model_len = _resolve_max_model_len(args, loaded.max_model_len)
+            max_model_len = args.resolved_max_model_len(loaded.max_model_len)
             tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
                                        loaded.chat_template)
             dtype = loaded.weights["embed_tokens.weight"].dtype
             config = args.engine_config(max_model_len)
             if parallel is not None:
                 config.parallel = parallel
-            engine = _C.Engine(loaded.model_config, config, loaded.weights, device, dtype)
+            engine = _C.EngineLoop(loaded.model_config, config, loaded.weights, device, dtype)
         except BaseException:
             if runtime is not None:
                 runtime.fail("rank 0 failed to start")
@@ -123,6 +99,8 @@ class LLMEngine:
         runtime = self.parallel_runtime
         if runtime is not None:
             runtime.stop_watching()
+        if self.engine is not None:
+            self.engine.stop()
         self.engine = None  # the C++ destructor sends the workers shutdown
         if runtime is not None:
             runtime.shutdown()
@@ -139,10 +117,13 @@ class LLMEngine:
         fields = {f.name for f in dataclasses.fields(SamplingParams)}
         return SamplingParams(**{k: v for k, v in self.generation_defaults.items() if k in fields})
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0) -> None:
-        """Tokenizes and validates, then queues the request; ValueError for bad input."""
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0,
+                    collector=None) -> None:
+        """Tokenizes and validates, then queues the request; ValueError for bad input. With a
+        collector (put(output), fail(error)), the request's outputs go there instead of step()'s
+        return value."""
         self.check_health()
-        if request_id in self._requests:
+        if request_id in self.processor.request_ids:
             raise ValueError(f"request_id {request_id!r} is already in use.")
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}.")
@@ -157,10 +138,16 @@ class LLMEngine:
                 f"{num_prompt + max_tokens} tokens ({num_prompt} in the prompt, {max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or completion.")
         c_params = params.to_c_params(max_tokens, params.bad_words_token_ids(self.tokenizer))
-        self.engine.add_request(request_id, prompt_token_ids, c_params, list(self.tokenizer.eos_token_ids),
-                                priority)
-        self._requests[request_id] = RequestState(request_id, prompt_text, prompt_token_ids, params,
-                                                  self.tokenizer)
+        # Registered before the loop can run it, so no output of it can arrive unclaimed.
+        handle = next(self._handles)
+        state = RequestState(request_id, prompt_text, prompt_token_ids, params, self.tokenizer, collector)
+        self.processor.add(handle, state)
+        try:
+            self.engine.add_request(handle, request_id, prompt_token_ids, c_params,
+                                    list(self.tokenizer.eos_token_ids), priority)
+        except BaseException:
+            self.processor.remove(request_id)
+            raise
 
     def tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -185,83 +172,73 @@ class LLMEngine:
 
     def abort_request(self, request_id: str | list[str]) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:
-            if self._requests.pop(rid, None) is not None:
+            if self.processor.remove(rid) is not None:
                 self.engine.abort_request(rid)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._requests)
+        return len(self.processor) > 0
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self._requests)
+        return len(self.processor)
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[RequestOutput]:
-        """Runs one engine step; returns the cumulative output of every request that progressed
-        (finished ones included, after which they are forgotten); a request whose output_kind is
-        FINAL_ONLY only once it finished. With async scheduling the tokens are those of the step
-        before (launched in the previous call); has_unfinished_requests() stays true until they came."""
-        requests = self._requests
-        progressed: dict[str, RequestState] = {}
-        # Per sequence and step this is the host's critical path at large batches: each attribute of
-        # a StepOutput is read once (pybind11 converts its vectors to new lists on every read), and
-        # only where the request's parameters say the engine filled it.
-        for out in self._engine_step():
-            request_id = out.request_id
-            state = requests.get(request_id)
-            if state is None:
-                continue  # aborted meanwhile
-            progressed[request_id] = state
-            params = state.params
-            if params.prompt_logprobs is not None:
-                prompt_logprobs = out.prompt_logprobs
-                if prompt_logprobs:
-                    state.set_prompt_logprobs(prompt_logprobs)
-            if out.num_prompt_tokens:
-                state.num_cached_tokens = out.num_cached_tokens
-            seq = state.sequences[out.seq_index]
-            if seq.finished:
-                continue  # already ended by a stop string
-            new_token_ids = out.new_token_ids
-            if new_token_ids and state.metrics.first_token_time is None:
-                state.metrics.first_token_time = time.time()
-            seq.cumulative_logprob = out.cumulative_logprob
-            stopped = seq.add_tokens(new_token_ids, out.logprobs if params.logprobs is not None else ())
-            if stopped:
-                if not out.finished:
-                    self.engine.finish_sequence(request_id, out.seq_index)
-            elif out.finished:
-                reason = out.finish_reason.name.lower()  # FinishReason.Stop / Length / Abort
-                seq.finish(reason, out.stop_token if reason == "stop" and out.stop_token >= 0 else None)
+        """Runs one engine step on this thread; returns the outputs of the requests that progressed,
+        each in its output_kind (CUMULATIVE: everything so far; DELTA: what is new; FINAL_ONLY: only
+        once finished); a finished request is forgotten after its last output. With async scheduling
+        the tokens are those of the step before (launched in the previous call), and
+        has_unfinished_requests() stays true until they came."""
+        self.check_health()
+        if self.engine.running:
+            raise RuntimeError("LLMEngine.step: the engine loop is running on its own thread (start_loop); "
+                               "take outputs with wait_outputs()")
+        try:
+            self.engine.step()
+        except RuntimeError:
+            pass  # the failure is in the batch too: _process ends every request, then raises
+        return self._process(self.engine.take())
 
-        outputs = []
-        for request_id, state in progressed.items():
-            finished = state.finished
-            if not finished and state.params.output_kind is RequestOutputKind.FINAL_ONLY:
-                continue
-            outputs.append(state.to_output())
-            if finished:
-                del requests[request_id]
+    def start_loop(self) -> None:
+        """The engine loop's own thread steps from now on, until stop_loop(); take the outputs
+        with wait_outputs()."""
+        self.engine.start()
+
+    def stop_loop(self) -> None:
+        self.engine.stop()
+
+    def wait_outputs(self, timeout_s: float) -> list[RequestOutput]:
+        """With the loop started: the outputs of every step since the last call (waits up to
+        timeout_s for one)."""
+        return self._process(self.engine.take(timeout_s))
+
+    def _process(self, batch) -> list[RequestOutput]:
+        outputs = self.processor.process(batch)
+        if batch.failure:
+            self._engine_failed(RuntimeError(batch.failure))
         return outputs
 
-    def _engine_step(self):
-        self.check_health()
-        if self.parallel_runtime is None:
-            return self.engine.step()
-        try:
-            return self.engine.step()
-        except RuntimeError as e:
-            self.parallel_runtime.fail(f"a step failed: {e}")
-            raise RuntimeError(f"fastpage: the parallel engine is dead: {self.parallel_runtime.failure}") from e
+    def _engine_failed(self, error: RuntimeError):
+        if self.parallel_runtime is not None:
+            self.parallel_runtime.fail(f"a step failed: {error}")
+            raise RuntimeError(f"fastpage: the parallel engine is dead: {self.parallel_runtime.failure}") from error
+        raise RuntimeError(f"fastpage: the engine failed: {error}") from error
+
+    def check_invariants(self) -> None:
+        """The engine's block and queue invariants (between steps); RuntimeError if broken."""
+        self.engine.check_invariants()
 
     def get_stats(self) -> dict[str, Any]:
-        stats = self.engine.stats()
+        return self.stats_dict(self.engine.stats())
+
+    def stats_dict(self, stats) -> dict[str, Any]:
+        """A C++ EngineStats as a dict, with kv_cache_usage and the unfinished requests."""
         names = ("num_running", "num_waiting", "num_swapped", "num_device_blocks", "num_free_device_blocks",
                  "num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
                  "generation_tokens")
         result: dict[str, Any] = {name: getattr(stats, name) for name in names}
         total = result["num_device_blocks"]
         result["kv_cache_usage"] = 1.0 - result["num_free_device_blocks"] / total if total else 0.0
-        result["num_unfinished_requests"] = len(self._requests)
+        result["num_unfinished_requests"] = len(self.processor)
         return result
 
     def get_tokenizer(self) -> Tokenizer:

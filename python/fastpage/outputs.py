@@ -50,3 +50,27 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+
+    def add(self, later: RequestOutput) -> RequestOutput:
+        """Merges a later DELTA output of the same request into this one (vLLM's RequestOutput.add):
+        each completion's new text, tokens and logprobs are appended, its finish state is the
+        later one's. Returns self."""
+        by_index = {c.index: c for c in self.outputs}
+        for completion in later.outputs:
+            merged = by_index.get(completion.index)
+            if merged is None:
+                self.outputs.append(completion)
+                by_index[completion.index] = completion
+                continue
+            merged.text += completion.text
+            merged.token_ids = merged.token_ids + completion.token_ids
+            if completion.logprobs is not None:
+                merged.logprobs = (merged.logprobs or []) + completion.logprobs
+            merged.cumulative_logprob = completion.cumulative_logprob
+            merged.finish_reason, merged.stop_reason = completion.finish_reason, completion.stop_reason
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = later.prompt_logprobs
+        self.finished = later.finished
+        self.num_cached_tokens = later.num_cached_tokens or self.num_cached_tokens
+        self.metrics = later.metrics
+        return self

@@ -26,9 +26,10 @@ MAX_SEED = 2**64  # the C++ engine keeps seeds as uint64; negative seeds wrap ar
 
 
 class RequestOutputKind(enum.Enum):
-    """When LLMEngine.step reports a request (vLLM's names; vLLM's DELTA is not offered)."""
+    """When and what LLMEngine.step reports of a request (vLLM's names and values)."""
     CUMULATIVE = 0  # every step it progressed in, with everything generated so far
-    FINAL_ONLY = 2  # once, when it finishes (LLM.generate: no per-step output to build)
+    DELTA = 1  # every step it progressed in, with only what is new (streams)
+    FINAL_ONLY = 2  # once, when it finishes (LLM.generate, non-streamed responses)
 
 
 @dataclasses.dataclass

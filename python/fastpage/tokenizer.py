@@ -37,6 +37,12 @@ class Tokenizer:
         return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens,
                               clean_up_tokenization_spaces=False)
 
+    def decode_batch(self, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        """decode() of each sequence, in one call into the Rust tokenizer where there is one."""
+        if self._rust_decoder is not None:
+            return self._rust_decoder.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
+
     def token_text(self, token_id: int) -> str:
         """One token's text (special tokens included), as shown in logprobs."""
         text = self._token_text.get(token_id)

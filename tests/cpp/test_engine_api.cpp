@@ -21,14 +21,15 @@ void expect(bool ok, const std::string& what) {
 std::map<std::string, std::vector<int32_t>> run(const std::vector<std::pair<std::string, std::vector<int32_t>>>& prompts) {
   auto owned = fastpage_example::tiny_llama_engine(/*num_blocks=*/32, /*block_size=*/8);
   fastpage::Engine& engine = *owned;
-  for (const auto& [id, tokens] : prompts) engine.add_request(id, tokens, fastpage_example::greedy(12));
+  std::map<fastpage::RequestHandle, std::string> names;
+  for (const auto& [id, tokens] : prompts) names[engine.add_request(id, tokens, fastpage_example::greedy(12))] = id;
   std::map<std::string, std::vector<int32_t>> out;
   while (engine.has_unfinished()) {
     for (const auto& step : engine.step()) {
-      for (int32_t t : step.new_token_ids) out[step.request_id].push_back(t);
+      for (int32_t t : step.new_token_ids) out[names.at(step.handle)].push_back(t);
     }
   }
-  engine.scheduler().check_invariants();
+  engine.check_invariants();
   expect(engine.stats().num_free_device_blocks == engine.stats().num_device_blocks, "all blocks free when idle");
   return out;
 }

@@ -7,7 +7,6 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "fastpage/config.h"
@@ -18,18 +17,20 @@
 
 namespace fastpage {
 
+// One sequence's new tokens from one step (a row of the step's outputs). Keep it lightweight: the
+// engine makes one per sequence per step.
 struct StepOutput {
-  std::string request_id;
+  RequestHandle handle = -1;             // the caller's number for the request (add_request)
   int32_t seq_index = 0;                 // which of the request's best_of sequences
   std::vector<int32_t> new_token_ids;
   std::vector<TokenLogprobs> logprobs;   // one per new token when params.logprobs is set
   std::vector<TokenLogprobs> prompt_logprobs;  // once, when the prompt is done: tokens 1..P-1
   double cumulative_logprob = 0.0;
-  bool finished = false;
-  FinishReason finish_reason = FinishReason::None;
+  FinishReason finish_reason = FinishReason::None;  // None: the sequence goes on
   int32_t stop_token = -1;
-  int32_t num_prompt_tokens = 0;
   int32_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+
+  bool finished() const { return finish_reason != FinishReason::None; }
 };
 
 struct EngineStats {
@@ -64,24 +65,56 @@ class Engine {
          c10::ScalarType dtype);
   ~Engine();
 
-  void add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                   const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
-                   int32_t priority = 0);
+  // Throws std::invalid_argument for a request that can never run (token ids outside the
+  // vocabulary, logprobs above max_logprobs, n/best_of, a prompt too long). Reads only the
+  // configuration: safe from any thread, so EngineLoop checks a request before queueing it.
+  void validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const;
+  // validate_request's checks, and a request_id in use. `handle` is echoed in the outputs; -1 lets
+  // the engine number the request. Returns the handle.
+  RequestHandle add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                            const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
+                            int32_t priority = 0, RequestHandle handle = -1);
   bool abort_request(const std::string& request_id);
   // Ends one sequence (a stop string seen by the caller); its blocks come back.
   void finish_sequence(const std::string& request_id, int32_t seq_index);
   std::vector<StepOutput> step();
   bool has_unfinished() const;
+  // A sampled step not completed yet (async scheduling): the next step() completes it, even when
+  // nothing is unfinished any more (its sequences finished or were aborted meanwhile).
+  bool has_in_flight() const { return in_flight_.has_value(); }
   EngineStats stats() const;
-  const Scheduler& scheduler() const { return *scheduler_; }
+  // The scheduler's invariants (free + used == total, refcounts, queues); std::logic_error if broken.
+  void check_invariants() const;
+  void reset_prefix_cache();
   const ModelConfig& model_config() const { return model_config_; }
   const EngineConfig& config() const { return config_; }
+  c10::Device device() const;
   bool async_scheduling() const { return async_scheduling_; }
 
  private:
-  void collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits,
-                               const std::vector<std::pair<int64_t, int64_t>>& prompt_rows);
+  // The flattened positions whose logits a plan needs, and which rows of them serve what.
+  struct LogitsLayout {
+    std::vector<int64_t> indices;
+    std::vector<int64_t> sample_row;                        // per plan seq: its sampling row, or -1
+    std::vector<std::pair<int64_t, int64_t>> prompt_rows;  // per plan seq: (first row, count), or (-1, 0)
+  };
+  // A sequence to sample this step, with its logits row.
+  struct ToSample {
+    int64_t seq_id, logits_row;
+    const Sequence* seq;
+    const Request* request;
+  };
+
+  LogitsLayout logits_layout(const StepPlan& plan) const;
+  at::Tensor execute(const StepPlan& plan, const LogitsLayout& layout);
+  void collect_prompt_logprobs(const StepPlan& plan, const at::Tensor& logits, const LogitsLayout& layout);
+  // The plan's sampling rows whose sequences go on; a request's first sample forks it into best_of.
+  std::vector<ToSample> sequences_to_sample(const StepPlan& plan, const LogitsLayout& layout);
+  // Launches the sampler over the rows and reserves their tokens; true when the step must complete
+  // in this call (no async scheduling, or rows that want logprobs).
+  bool launch_sample(const at::Tensor& logits, const std::vector<ToSample>& to_sample);
   bool all_finished(const Request& request) const;
+  void forget_request(RequestHandle handle);
   // The plan's input tokens that are the in-flight step's sampled ids.
   DeferredInputIds deferred_inputs(const StepPlan& plan) const;
   // Waits for the in-flight step's ids, appends them (Scheduler::fill) and returns its outputs.
@@ -104,9 +137,15 @@ class Engine {
   uint64_t next_seed_;
   bool async_scheduling_ = false;
   std::optional<InFlightStep> in_flight_;
-  // Prompt logprobs gathered over a prompt's chunks, handed out with the first sampled token.
-  std::unordered_map<std::string, std::vector<TokenLogprobs>> pending_prompt_logprobs_;
-  std::unordered_set<std::string> prompt_logprobs_done_;  // not again after a recompute preemption
+  // Prompt logprobs of a request that asked for them, gathered over its prompt's chunks and handed
+  // out with its first sampled token. The entry lives as long as the request (done: not again
+  // after a recompute preemption), keyed by handle so a reused request_id starts afresh.
+  struct PromptLogprobs {
+    std::vector<TokenLogprobs> entries;
+    bool done = false;
+  };
+  std::unordered_map<RequestHandle, PromptLogprobs> prompt_logprobs_;
+  RequestHandle next_handle_ = 0;
   int64_t num_prompt_tokens_ = 0;
   int64_t num_generation_tokens_ = 0;
 };

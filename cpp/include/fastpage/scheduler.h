@@ -42,8 +42,9 @@ struct FilledToken {
 // max_num_batched_tokens and max_num_seqs. Nothing is swapped in or admitted in a step that had
 // to preempt. The victim of a preemption is the running sequence with the largest
 // (priority, arrival): by swap when the host pool has room, else by recompute.
-// Calls are serialized by an internal mutex; references returned by sequence()/request_of() stay
-// valid until the next schedule() (a request is erased at the first schedule() after it finished).
+// Single-threaded: the engine's loop thread owns it (EngineLoop's command queue is the one door in
+// from other threads). References returned by sequence()/request_of() stay valid until the next
+// schedule() (a request is erased at the first schedule() after it finished).
 class Scheduler {
  public:
   // Throws std::invalid_argument on a bad configuration (non-positive sizes, or with chunked
@@ -52,11 +53,14 @@ class Scheduler {
             int32_t num_host_blocks);
   ~Scheduler();
 
-  // Returns the seq_id of the request's first sequence. Throws std::invalid_argument on an empty
-  // prompt, a duplicate id, or a prompt that can never fit.
+  // Throws std::invalid_argument on an empty or negative prompt, a prompt that can never fit, or
+  // max_tokens/min_tokens out of range. Reads only the configuration: safe from any thread.
+  void validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const;
+  // Returns the seq_id of the request's first sequence. Throws std::invalid_argument where
+  // validate_request does, and on a duplicate id. `handle` is the caller's, echoed in Request.
   int64_t add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                   const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
-                   int32_t priority = 0);
+                      const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
+                      int32_t priority = 0, RequestHandle handle = -1);
   // Frees every block of the request at once; false if unknown or already finished.
   bool abort_request(const std::string& request_id);
 

@@ -41,8 +41,12 @@ struct Sequence {
   bool finished() const { return status == SequenceStatus::Finished; }
 };
 
+// The caller's number for a request (EngineLoop numbers them); step outputs carry it.
+using RequestHandle = int64_t;
+
 struct Request {
   std::string request_id;
+  RequestHandle handle = -1;
   SamplingParams params;
   std::vector<int32_t> eos_token_ids;
   int32_t priority = 0;     // lower runs first (vLLM's convention)

@@ -97,7 +97,6 @@ void Scheduler::State::preempt(Sequence& seq, StepPlan& plan) {
 
 StepPlan Scheduler::schedule() {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   s.register_pending_blocks();
   s.erase_finished_requests();
 

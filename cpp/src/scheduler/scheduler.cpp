@@ -120,10 +120,8 @@ Scheduler::Scheduler(const EngineConfig& config, int64_t max_model_len, int32_t 
 
 Scheduler::~Scheduler() = default;
 
-int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
-                            const SamplingParams& params, std::vector<int32_t> eos_token_ids, int32_t priority) {
-  State& s = *state_;
-  std::lock_guard lock(s.mutex);
+void Scheduler::validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const {
+  const State& s = *state_;
   const int64_t num_prompt = static_cast<int64_t>(prompt_token_ids.size());
   if (num_prompt == 0) throw std::invalid_argument("add_request: prompt_token_ids must not be empty");
   if (auto it = std::find_if(prompt_token_ids.begin(), prompt_token_ids.end(), [](int32_t t) { return t < 0; });
@@ -150,6 +148,14 @@ int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_
     throw std::invalid_argument("add_request: min_tokens must be in [0, max_tokens=" +
                                 std::to_string(params.max_tokens) + "], got " + std::to_string(params.min_tokens));
   }
+}
+
+int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
+                               const SamplingParams& params, std::vector<int32_t> eos_token_ids, int32_t priority,
+                               RequestHandle handle) {
+  State& s = *state_;
+  validate_request(prompt_token_ids, params);
+  const int64_t num_prompt = static_cast<int64_t>(prompt_token_ids.size());
   if (auto it = s.request_ids.find(request_id); it != s.request_ids.end()) {
     if (!s.request_finished(s.requests.at(it->second))) {
       throw std::invalid_argument("add_request: request_id '" + request_id + "' is already in use");
@@ -160,6 +166,7 @@ int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_
   const int64_t request_index = s.next_request_index++;
   Request& req = s.requests[request_index];
   req.request_id = request_id;
+  req.handle = handle;
   req.params = params;
   req.eos_token_ids = std::move(eos_token_ids);
   req.priority = priority;
@@ -180,7 +187,6 @@ int64_t Scheduler::add_request(const std::string& request_id, std::vector<int32_
 
 bool Scheduler::abort_request(const std::string& request_id) {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   auto it = s.request_ids.find(request_id);
   if (it == s.request_ids.end()) return false;
   const Request& req = s.requests.at(it->second);
@@ -211,7 +217,6 @@ std::vector<FinishedSeq> Scheduler::update(const std::vector<SampledToken>& toke
 
 void Scheduler::reserve(const std::vector<int64_t>& seq_ids) {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   for (int64_t seq_id : seq_ids) {
     Sequence& seq = s.seq(seq_id);
     if (seq.finished()) continue;  // aborted or finished between schedule() and here: fill() drops it
@@ -227,7 +232,6 @@ void Scheduler::reserve(const std::vector<int64_t>& seq_ids) {
 
 std::vector<FilledToken> Scheduler::fill(const std::vector<SampledToken>& tokens) {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   std::vector<FilledToken> filled(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
     const SampledToken& sampled = tokens[i];
@@ -265,7 +269,6 @@ std::vector<FilledToken> Scheduler::fill(const std::vector<SampledToken>& tokens
 
 int64_t Scheduler::fork(int64_t seq_id) {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   Sequence& parent = s.seq(seq_id);
   if (parent.status != SequenceStatus::Running) {
     throw std::invalid_argument("fork: seq_id " + std::to_string(seq_id) + " is not running");
@@ -295,7 +298,6 @@ int64_t Scheduler::fork(int64_t seq_id) {
 
 void Scheduler::finish_sequence(int64_t seq_id, FinishReason reason) {
   State& s = *state_;
-  std::lock_guard lock(s.mutex);
   Sequence& seq = s.seq(seq_id);
   if (seq.finished()) return;
   if (reason == FinishReason::None) throw std::invalid_argument("finish_sequence: reason must not be None");
@@ -303,49 +305,40 @@ void Scheduler::finish_sequence(int64_t seq_id, FinishReason reason) {
 }
 
 bool Scheduler::has_unfinished() const {
-  std::lock_guard lock(state_->mutex);
   return !state_->waiting.empty() || !state_->running.empty() || !state_->swapped.empty();
 }
 
 int32_t Scheduler::num_waiting() const {
-  std::lock_guard lock(state_->mutex);
   return static_cast<int32_t>(state_->waiting.size());
 }
 
 int32_t Scheduler::num_running() const {
-  std::lock_guard lock(state_->mutex);
   return static_cast<int32_t>(state_->running.size());
 }
 
 int32_t Scheduler::num_swapped() const {
-  std::lock_guard lock(state_->mutex);
   return static_cast<int32_t>(state_->swapped.size());
 }
 
 int64_t Scheduler::num_preemptions() const {
-  std::lock_guard lock(state_->mutex);
   return state_->num_preemptions;
 }
 
 const Sequence& Scheduler::sequence(int64_t seq_id) const {
-  std::lock_guard lock(state_->mutex);
   return state_->seq(seq_id);
 }
 
 const Request& Scheduler::request_of(int64_t seq_id) const {
-  std::lock_guard lock(state_->mutex);
   return state_->request(state_->seq(seq_id));
 }
 
 std::optional<int64_t> Scheduler::request_index(const std::string& request_id) const {
-  std::lock_guard lock(state_->mutex);
   auto it = state_->request_ids.find(request_id);
   if (it == state_->request_ids.end()) return std::nullopt;
   return it->second;
 }
 
 const Request* Scheduler::find_request(const std::string& request_id) const {
-  std::lock_guard lock(state_->mutex);
   auto it = state_->request_ids.find(request_id);
   if (it == state_->request_ids.end()) return nullptr;
   return &state_->requests.at(it->second);
@@ -357,13 +350,11 @@ const BlockAllocator& Scheduler::host_blocks() const { return state_->host; }
 const PrefixCache& Scheduler::prefix_cache() const { return state_->cache; }
 
 void Scheduler::reset_prefix_cache() {
-  std::lock_guard lock(state_->mutex);
   state_->cache.reset();
   state_->pending_blocks.clear();
 }
 
 void Scheduler::check_invariants() const {
-  std::lock_guard lock(state_->mutex);
   state_->check_invariants();
 }
 

@@ -1,7 +1,6 @@
 // The scheduler's private state, shared by the files of cpp/src/scheduler/.
 #pragma once
 #include <compare>
-#include <mutex>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -48,7 +47,6 @@ struct Scheduler::State {
   int64_t next_seq_id = 0;
   int64_t next_request_index = 0;
   int64_t num_preemptions = 0;
-  mutable std::mutex mutex;
 
   Sequence& seq(int64_t seq_id);
   const Sequence& seq(int64_t seq_id) const;

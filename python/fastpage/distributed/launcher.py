@@ -1,5 +1,5 @@
 """Rank 0's side of tensor / pipeline parallelism: the worker processes (ranks 1..world-1) started
-as `python -m fastpage.worker --config JSON`, watched, and reaped.
+as `python -m fastpage.distributed.worker --config JSON`, watched, and reaped.
 
 A watcher thread polls the workers; when one exits unasked, the runtime records why and kills the
 others, which breaks every connection rank 0 has, so a step blocked in a collective fails within
@@ -73,7 +73,7 @@ def free_port(addr: str) -> int:
 
 def spawn_workers(args: EngineArgs, max_model_len: int, device: str, ranks: range,
                   master_port: int) -> dict[int, subprocess.Popen]:
-    """Starts `python -m fastpage.worker` for each of `ranks` (all on this node); killed at exit."""
+    """Starts `python -m fastpage.distributed.worker` for each of `ranks` (all on this node); killed at exit."""
     num_threads = threads_per_rank(device, args.ranks_per_node)
     worker_args = dataclasses.asdict(args)
     workers = {}
@@ -81,15 +81,21 @@ def spawn_workers(args: EngineArgs, max_model_len: int, device: str, ranks: rang
         spec = WorkerSpec(engine_args=worker_args, max_model_len=max_model_len, rank=rank,
                           local_rank=rank % args.ranks_per_node, master_addr=args.distributed_master_addr,
                           master_port=master_port, num_threads=num_threads, parent_pid=os.getpid())
-        workers[rank] = subprocess.Popen([sys.executable, "-m", "fastpage.worker", "--config", spec.to_json()],
+        workers[rank] = subprocess.Popen([sys.executable, "-m", "fastpage.distributed.worker", "--config", spec.to_json()],
                                          env=_worker_env())
     atexit.register(_kill, list(workers.values()))
     return workers
 
 
-def run_worker_node(args: EngineArgs, max_model_len: int, device: str) -> int:
-    """Node k > 0 of a multi-node launch: runs this node's ranks until they exit. Returns 0 when all
-    ended cleanly (rank 0 shut down), 1 as soon as one fails (the others are killed then)."""
+def run_worker_node(args: EngineArgs) -> int:
+    """Node k > 0 of a multi-node launch (`fastpage serve --nnodes N --node-rank K`): runs this node's
+    ranks, no engine and no server, until they exit. Returns 0 when all ended cleanly (rank 0 shut
+    down), 1 as soon as one fails (the others are killed then)."""
+    from fastpage.model_loader import read_model_config
+
+    args = dataclasses.replace(args, model=args.resolved_model())
+    _, model_max_len = read_model_config(args.model)
+    max_model_len, device = args.resolved_max_model_len(model_max_len), args.resolved_device()
     first = args.node_rank * args.ranks_per_node
     workers = spawn_workers(args, max_model_len, device, range(first, first + args.ranks_per_node),
                             args.distributed_master_port)

@@ -1,10 +1,13 @@
-"""One engine thread steps the LLMEngine; HTTP handlers talk to it through a command list and
-per-request output slots.
-
-The LLMEngine is not thread-safe, so only the engine thread touches it: handlers submit "add" and
-"abort" commands, which run between steps. Outputs are cumulative, so each request keeps only the
-newest one (a slow client skips intermediate outputs instead of growing a queue). A handler whose
-client goes away aborts its request, and the engine frees its blocks.
+"""The server's side of the engine. Three threads, one request table:
+- the C++ engine loop steps on its own thread, back to back, without the GIL;
+- one Python thread ("fastpage-outputs") takes each batch of step outputs in one GIL-free call and
+  runs the output processor on it, which puts every request's output into that request's collector;
+  then it wakes the handlers whose collectors got something, with one call into the event loop;
+- HTTP handlers on the event loop add and abort requests directly (both are thread-safe: a queue
+  push) and await their collector.
+A collector merges the DELTA outputs its handler has not taken yet, so a slow client gets bigger
+chunks rather than a growing queue. A handler whose client goes away aborts its request, and the
+engine frees its blocks.
 """
 
 from __future__ import annotations
@@ -13,77 +16,105 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
 
+from fastpage.output_processor import EngineDeadError
 from fastpage.server.metrics import ServerMetrics
 from fastpage.server.stats_logger import StatsLogger
 
 logger = logging.getLogger("fastpage.server")
 
-STATS_INTERVAL_S = 0.25  # how often the engine thread samples get_stats() while busy
+TAKE_TIMEOUT_S = 0.25  # how long the output thread waits for a batch before refreshing idle stats
+
+__all__ = ["AsyncEngine", "EngineDeadError", "RequestCollector", "RequestStream"]
 
 
-class EngineDeadError(RuntimeError):
-    pass
-
-
-class _OutputSlot:
-    """The newest cumulative output of one request, handed from the engine thread to a handler."""
+class _Waker:
+    """Collectors that got output during one batch; flush() wakes their handlers with one call."""
 
     def __init__(self):
-        self.latest: Any = None
-        self.error: BaseException | None = None
+        self.pending: list[RequestCollector] = []
+
+    def flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.pending:
+            woken, self.pending = self.pending, []
+            loop.call_soon_threadsafe(_wake, woken)
+
+
+def _wake(collectors: list[RequestCollector]) -> None:
+    for collector in collectors:
+        collector.ready.set()
+
+
+class RequestCollector:
+    """The outputs of one request on their way from the output thread to its handler: the output
+    not taken yet (DELTA outputs merged into it), or the error that ended the request."""
+
+    def __init__(self, waker: _Waker):
+        self._waker = waker
+        self._lock = threading.Lock()  # put/fail run on the output thread, get on the event loop
+        self._output = None
+        self._error: BaseException | None = None
         self.ready = asyncio.Event()
 
     def put(self, output) -> None:
-        self.latest = output
-        self.ready.set()
+        with self._lock:
+            first = self._output is None and self._error is None
+            self._output = output if self._output is None else self._output.add(output)
+        if first:
+            self._waker.pending.append(self)
 
     def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.ready.set()
+        with self._lock:
+            first = self._output is None and self._error is None
+            self._error = error
+        if first:
+            self._waker.pending.append(self)
 
     async def get(self):
-        await self.ready.wait()
-        self.ready.clear()
-        if self.error is not None:
-            raise self.error
-        return self.latest
+        while True:
+            with self._lock:
+                output, self._output = self._output, None
+                error = self._error
+            if output is not None:
+                return output
+            if error is not None:
+                raise error
+            self.ready.clear()
+            await self.ready.wait()
 
 
 class AsyncEngine:
     def __init__(self, engine, metrics: ServerMetrics | None = None, stuck_after_s: float = 300.0,
                  log_interval_s: float = 10.0):
-        self.engine = engine
+        self.engine = engine  # fastpage.LLMEngine
         self.metrics = metrics
         self.stuck_after_s = stuck_after_s
         self._stats_logger = StatsLogger(log_interval_s)
-        self._cond = threading.Condition()
-        self._commands: list[tuple] = []
-        self._slots: dict[str, _OutputSlot] = {}  # engine thread only
+        self._waker = _Waker()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._stopping = threading.Event()
         self._error: BaseException | None = None
-        self._step_started: float | None = None
+        self._last_progress = time.monotonic()
         self.latest_stats: dict = {}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="fastpage-engine", daemon=True)
+        self.engine.processor.observer = self.metrics
+        self.engine.start_loop()
+        self._thread = threading.Thread(target=self._run_outputs, name="fastpage-outputs", daemon=True)
         self._thread.start()
 
     def shutdown(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.engine.shutdown()  # reaps tensor/pipeline parallel workers
+        self.engine.shutdown()  # stops the loop's thread; reaps tensor/pipeline parallel workers
 
     def health_problem(self) -> str | None:
-        """None when healthy; otherwise why not (dead thread or a step that does not return)."""
+        """None when healthy; otherwise why not (a dead engine or thread, or no step for too long
+        while requests wait)."""
         if self._error is not None:
             return f"engine failed: {self._error!r}"
         try:
@@ -91,96 +122,49 @@ class AsyncEngine:
         except RuntimeError as err:
             return str(err)
         if self._thread is None or not self._thread.is_alive():
-            return "engine thread is not running"
-        started = self._step_started
-        if started is not None and time.monotonic() - started > self.stuck_after_s:
-            return f"engine step has not returned for {time.monotonic() - started:.0f} s"
+            return "engine output thread is not running"
+        stalled = time.monotonic() - self._last_progress
+        if self.engine.has_unfinished_requests() and stalled > self.stuck_after_s:
+            return f"no engine step has ended for {stalled:.0f} s"
         return None
 
     # ---------------------------------------------------------------- handler side
-    async def generate_stream(self, request_id: str, prompt, params, priority: int = 0) -> "RequestStream":
-        """Adds the request (ValueError for bad input); iterate the result for cumulative outputs."""
+    async def generate_stream(self, request_id: str, prompt, params, priority: int = 0) -> RequestStream:
+        """Adds the request (ValueError for bad input); iterate the result for its outputs."""
         problem = self.health_problem()
         if problem is not None:
             raise EngineDeadError(problem)
-        slot = _OutputSlot()
-        added = self._loop.create_future()
-        self._submit(("add", request_id, prompt, params, priority, slot, added))
-        try:
-            await added
-        except asyncio.CancelledError:
-            self.abort(request_id)
-            raise
-        return RequestStream(self, request_id, slot)
+        if not self.engine.has_unfinished_requests():
+            self._last_progress = time.monotonic()  # an idle engine has not stalled
+        collector = RequestCollector(self._waker)
+        self.engine.add_request(request_id, prompt, params, priority=priority, collector=collector)
+        return RequestStream(self, request_id, collector)
 
     def abort(self, request_id: str) -> None:
-        self._submit(("abort", request_id))
+        self.engine.abort_request(request_id)
 
-    def _submit(self, command: tuple) -> None:
-        with self._cond:
-            self._commands.append(command)
-            self._cond.notify()
-
-    # ---------------------------------------------------------------- engine thread
-    def _run(self) -> None:
-        last_stats = 0.0
+    # ---------------------------------------------------------------- output thread
+    def _run_outputs(self) -> None:
+        engine = self.engine
+        loop = self._loop
         try:
-            while True:
-                with self._cond:
-                    while not (self._commands or self._stopping or self.engine.has_unfinished_requests()):
-                        self._cond.wait(timeout=1.0)
-                        self._sample_stats()
-                    if self._stopping:
-                        return
-                    commands, self._commands = self._commands, []
-                for command in commands:
-                    self._apply(command)
-                if self.engine.has_unfinished_requests():
-                    self._step_started = time.monotonic()
-                    outputs = self.engine.step()
-                    self._step_started = None
-                    self._dispatch(outputs)
-                # Sample while busy, and once more on going idle so /metrics shows freed blocks.
-                idle = not self.engine.has_unfinished_requests()
-                if idle or time.monotonic() - last_stats > STATS_INTERVAL_S:
-                    self._sample_stats()
-                    last_stats = time.monotonic()
+            while not self._stopping.is_set():
+                batch = engine.engine.take(TAKE_TIMEOUT_S)
+                engine.processor.process(batch)
+                self._waker.flush(loop)
+                if batch.num_steps:
+                    self._last_progress = time.monotonic()
+                self._sample_stats(batch.stats)
+                if batch.failure:
+                    raise EngineDeadError(f"engine failed: {batch.failure}")
         except BaseException as err:  # noqa: BLE001 - the engine is dead; tell everyone waiting
-            logger.exception("engine thread failed")
+            logger.exception("engine failed")
             self._error = err
-            dead = EngineDeadError(f"engine failed: {err!r}")
-            for slot in self._slots.values():
-                self._loop.call_soon_threadsafe(slot.fail, dead)
-            with self._cond:
-                for command in self._commands:
-                    if command[0] == "add":
-                        self._loop.call_soon_threadsafe(_set_exception, command[6], dead)
+            engine.processor.fail_all(err if isinstance(err, EngineDeadError) else EngineDeadError(repr(err)))
+            self._waker.flush(loop)
 
-    def _apply(self, command: tuple) -> None:
-        if command[0] == "abort":
-            if self._slots.pop(command[1], None) is not None:
-                self.engine.abort_request(command[1])
-            return
-        _, request_id, prompt, params, priority, slot, added = command
-        try:
-            self.engine.add_request(request_id, prompt, params, priority=priority)
-        except (ValueError, TypeError) as err:
-            self._loop.call_soon_threadsafe(_set_exception, added, err)
-            return
-        self._slots[request_id] = slot
-        self._loop.call_soon_threadsafe(_set_result, added, None)
-
-    def _dispatch(self, outputs) -> None:
-        for output in outputs:
-            slot = self._slots.get(output.request_id)
-            if slot is None:
-                continue
-            if output.finished:
-                del self._slots[output.request_id]
-            self._loop.call_soon_threadsafe(slot.put, output)
-
-    def _sample_stats(self) -> None:
-        stats = self.engine.get_stats()
+    def _sample_stats(self, stats) -> None:
+        stats = self.engine.stats_dict(stats)
         self.latest_stats = stats
         if self.metrics is not None:
             self.metrics.update_from_engine(stats)
@@ -191,10 +175,10 @@ class RequestStream:
     """The outputs of one added request. abort() is safe to call at any time, any number of times:
     handlers call it in a finally block, so a client that goes away frees the request's blocks."""
 
-    def __init__(self, engine: AsyncEngine, request_id: str, slot: _OutputSlot):
+    def __init__(self, engine: AsyncEngine, request_id: str, collector: RequestCollector):
         self._engine = engine
         self.request_id = request_id
-        self._slot = slot
+        self._collector = collector
         self.finished = False
 
     def abort(self) -> None:
@@ -203,40 +187,13 @@ class RequestStream:
             self._engine.abort(self.request_id)
 
     async def __aiter__(self):
-        metrics = self._engine.metrics
-        arrival = last = time.monotonic()
-        num_tokens = 0
         try:
             while True:
-                output = await self._slot.get()
-                now = time.monotonic()
-                tokens = sum(len(c.token_ids) for c in output.outputs)
-                if metrics is not None and tokens > num_tokens:
-                    if num_tokens == 0:
-                        metrics.time_to_first_token.observe(now - arrival)
-                    else:
-                        per_token = (now - last) / (tokens - num_tokens)
-                        for _ in range(tokens - num_tokens):
-                            metrics.inter_token_latency.observe(per_token)
-                    last, num_tokens = now, tokens
+                output = await self._collector.get()
                 if output.finished:
                     self.finished = True
-                    if metrics is not None:
-                        metrics.e2e_request_latency.observe(now - arrival)
-                        for completion in output.outputs:
-                            metrics.request_finished(completion.finish_reason)
                 yield output
                 if output.finished:
                     return
         finally:
             self.abort()  # no-op when finished; otherwise the consumer stopped early or was cancelled
-
-
-def _set_result(future: asyncio.Future, value) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future, error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)

@@ -1,7 +1,8 @@
 """Prometheus metrics with vLLM's names under the fastpage: prefix.
 
-Engine-wide numbers come from LLMEngine.get_stats() (sampled by the engine thread); per-request
-latencies (TTFT, inter-token, end-to-end) are observed by the serving layer as tokens reach the client.
+Engine-wide numbers come from each step batch's EngineStats (read by the output thread); per-request
+latencies (TTFT, inter-token, end-to-end) are observed by the output processor as each step's tokens
+arrive, with the step's own timestamp.
 """
 
 from __future__ import annotations
@@ -62,5 +63,17 @@ class ServerMetrics:
                 counter.inc(delta)
             self._last_totals[key] = total
 
-    def request_finished(self, finish_reason: str | None) -> None:
-        self._request_success.labels(self._model_name, finish_reason or "abort").inc()
+    # The output processor's observer interface (now: time.monotonic() seconds of the step).
+    def on_tokens(self, state, num_new: int, now: float, first: bool) -> None:
+        if first:
+            self.time_to_first_token.observe(now - state.arrival)
+        else:
+            per_token = (now - state.last_token_time) / num_new
+            for _ in range(num_new):
+                self.inter_token_latency.observe(per_token)
+        state.last_token_time = now
+
+    def on_finished(self, state, now: float) -> None:
+        self.e2e_request_latency.observe(now - state.arrival)
+        for seq in state.sequences:
+            self._request_success.labels(self._model_name, seq.finish_reason or "abort").inc()

@@ -66,7 +66,8 @@ class ServingContext:
 
     def sampling_params(self, req: SamplingFields, max_tokens: int, logprobs: int | None,
                         prompt_logprobs: int | None, skip_special_tokens: bool | None = None):
-        from fastpage.sampling_params import SamplingParams
+        """The request's SamplingParams; streams get DELTA outputs, the rest only the final one."""
+        from fastpage.sampling_params import RequestOutputKind, SamplingParams
 
         for field in ("stop_token_ids", "allowed_token_ids"):
             self.check_token_ids(getattr(req, field) or [], field)
@@ -81,7 +82,8 @@ class ServingContext:
             allowed_token_ids=req.allowed_token_ids or None, bad_words=req.bad_words or [],
             include_stop_str_in_output=req.include_stop_str_in_output,
             skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
-            spaces_between_special_tokens=req.spaces_between_special_tokens)
+            spaces_between_special_tokens=req.spaces_between_special_tokens,
+            output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY)
         # Unset fields take the model's recommended values (generation_config.json, GGUF
         # general.sampling.*) as vLLM does, else SamplingParams' own defaults.
         model_defaults = self.llm.generation_defaults
@@ -131,6 +133,10 @@ async def final_outputs(streams: list) -> list:
 
 async def merged(streams: list) -> AsyncIterator[tuple[int, Any]]:
     """(prompt index, output) from several streams as they come."""
+    if len(streams) == 1:
+        async for output in streams[0]:
+            yield 0, output
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(index, stream):
@@ -163,14 +169,23 @@ def sse(payload: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
-def chunk_writer(request_id: str, kind: str, created: int, model: str):
-    """SSE chunks of one streamed response: chunk(choices, usage_info=None) -> "data: ...\n\n"."""
-    def chunk(choices: list, usage_info: dict | None = None) -> str:
-        body = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices}
-        if usage_info is not None:
-            body["usage"] = usage_info
-        return sse(body)
-    return chunk
+def to_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class ChunkEncoder:
+    """The SSE chunks of one streamed response, from a prefix encoded once per response: each
+    chunk is that prefix, the choice objects already encoded as JSON, and the closing brackets."""
+
+    def __init__(self, request_id: str, kind: str, created: int, model: str):
+        self._head = (f'data: {{"id":{to_json(request_id)},"object":"{kind}","created":{created},'
+                      f'"model":{to_json(model)},"choices":[')
+
+    def chunk(self, choice_json: str) -> str:
+        return f"{self._head}{choice_json}]}}\n\n"
+
+    def usage_chunk(self, usage_info: dict) -> str:
+        return f'{self._head}],"usage":{to_json(usage_info)}}}\n\n'
 
 
 def sse_error(err: BaseException) -> str:

@@ -9,7 +9,8 @@ from fastapi.responses import StreamingResponse
 
 from fastpage.server.errors import OpenAIError, param_from_value_error
 from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, random_id
-from fastpage.server.serving_base import ServingContext, chunk_writer, final_outputs, sse, sse_error, usage
+from fastpage.server.serving_base import (ChunkEncoder, ServingContext, final_outputs, sse, sse_error, to_json,
+                                          usage)
 from fastpage.server.tool_parsers import TOOL_PARSERS, ToolParser
 
 
@@ -147,47 +148,46 @@ def _message(ctx, req, mode: str, text: str) -> tuple[dict, str | None]:
 
 
 async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens, stream, echo):
+    """The outputs are DELTAs: each holds the choices that progressed, with their new text."""
     n = req.n
-    sent_text = [0] * n
-    sent_tokens = [0] * n
-    finished = [False] * n
+    texts = [""] * n  # each choice's text so far (what a tool parser reads)
     parsers = [(_new_parser(ctx) if mode in ("auto", "required") else None) for _ in range(n)]
     completion_tokens = 0
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-    chunk = chunk_writer(request_id, "chat.completion.chunk", created, model)
+    encoder = ChunkEncoder(request_id, "chat.completion.chunk", created, model)
 
     try:
-        for i in range(n):
-            yield chunk([{"index": i, "delta": {"role": "assistant", "content": echo},
-                          "logprobs": None, "finish_reason": None}])
+        yield "".join(encoder.chunk(to_json({"index": i, "delta": {"role": "assistant", "content": echo},
+                                             "logprobs": None, "finish_reason": None}))
+                      for i in range(n))
         async for output in stream:
+            chunks = []
             for completion in output.outputs:
                 i = completion.index
-                if finished[i]:
-                    continue
-                delta = _delta(req, mode, parsers[i], completion, sent_text[i])
-                new_tokens = completion.token_ids[sent_tokens[i]:]
-                logprobs = _chat_logprobs(ctx, req, new_tokens, (completion.logprobs or [])[sent_tokens[i]:])
-                completion_tokens += len(new_tokens)
-                sent_text[i], sent_tokens[i] = len(completion.text), len(completion.token_ids)
+                text_from = len(texts[i])
+                texts[i] += completion.text
+                delta = _delta(req, mode, parsers[i], texts[i], text_from)
+                logprobs = _chat_logprobs(ctx, req, completion.token_ids, completion.logprobs)
+                completion_tokens += len(completion.token_ids)
                 finish_reason = completion.finish_reason
                 if finish_reason is not None:
-                    finished[i] = True
-                    tail = parsers[i].finish_streaming(completion.text) if parsers[i] else None
+                    tail = parsers[i].finish_streaming(texts[i]) if parsers[i] else None
                     if tail is not None and tail.content:
                         delta["content"] = delta.get("content", "") + tail.content
                     if parsers[i] is not None and parsers[i].streamed_tool_calls:
                         finish_reason = "tool_calls"
                     elif mode == "named":
                         finish_reason = "stop"
-                elif not delta and not new_tokens:
+                elif not delta and not completion.token_ids:
                     continue
-                yield chunk([{"index": i, "delta": delta, "logprobs": logprobs,
-                              "finish_reason": finish_reason,
-                              **({"stop_reason": completion.stop_reason} if finish_reason else {})}])
+                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+                if finish_reason:
+                    choice["stop_reason"] = completion.stop_reason
+                chunks.append(encoder.chunk(to_json(choice)))
+            if chunks:
+                yield "".join(chunks)
         if include_usage:
-            yield chunk([], usage(num_prompt_tokens, completion_tokens))
+            yield encoder.usage_chunk(usage(num_prompt_tokens, completion_tokens))
     except Exception as err:  # noqa: BLE001 - the status is sent already; report in the stream
         yield sse_error(err)
     finally:
@@ -195,8 +195,8 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
     yield sse("[DONE]")
 
 
-def _delta(req, mode: str, parser: ToolParser | None, completion, text_from: int) -> dict:
-    new_text = completion.text[text_from:]
+def _delta(req, mode: str, parser: ToolParser | None, text: str, text_from: int) -> dict:
+    new_text = text[text_from:]
     if mode == "named":
         if not new_text and text_from:
             return {}
@@ -207,7 +207,7 @@ def _delta(req, mode: str, parser: ToolParser | None, completion, text_from: int
         return {"tool_calls": [call]}
     if parser is None:
         return {"content": new_text} if new_text else {}
-    message = parser.extract_tool_calls_streaming(completion.text) if new_text else None
+    message = parser.extract_tool_calls_streaming(text) if new_text else None
     if message is None:
         return {}
     delta = {}

@@ -7,8 +7,8 @@ import time
 from fastapi.responses import StreamingResponse
 
 from fastpage.server.protocol import CompletionRequest, random_id
-from fastpage.server.serving_base import (ServingContext, chunk_writer, final_outputs, merged, sse,
-                                          sse_error, usage)
+from fastpage.server.serving_base import (ChunkEncoder, ServingContext, final_outputs, merged, sse, sse_error,
+                                          to_json, usage)
 
 
 async def create_completion(ctx: ServingContext, req: CompletionRequest):
@@ -60,34 +60,35 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest):
 
 
 async def _stream(ctx, req, model, request_id, created, prompts, streams):
-    sent_text: dict[tuple[int, int], int] = {}
-    sent_tokens: dict[tuple[int, int], int] = {}
+    """One SSE chunk per choice that progressed; the outputs are DELTAs, so a finished choice is
+    never sent again."""
+    sent_chars: dict[int, int] = {}  # per choice index: text sent so far (the logprobs' text offsets)
     completion_tokens = 0
-
-    chunk = chunk_writer(request_id, "text_completion", created, model)
-
+    encoder = ChunkEncoder(request_id, "text_completion", created, model)
     try:
         async for p, output in merged(streams):
+            chunks = []
             for completion in output.outputs:
-                key = (p, completion.index)
-                text_from, tokens_from = sent_text.get(key, 0), sent_tokens.get(key, 0)
-                new_text = completion.text[text_from:]
-                if key not in sent_text and req.echo:
-                    new_text = ctx.tokenizer.decode(prompts[p]) + new_text
-                done = completion.finish_reason is not None
-                if not new_text and not done and len(completion.token_ids) == tokens_from:
-                    continue
-                logprobs = None
+                index = p * req.n + completion.index
+                text = completion.text
+                text_from = sent_chars.get(index)
+                if text_from is None:
+                    text_from = 0
+                    if req.echo:
+                        text = ctx.tokenizer.decode(prompts[p]) + text
+                logprobs = "null"
                 if req.logprobs is not None:
-                    logprobs = _logprobs(ctx, completion.token_ids[tokens_from:],
-                                         (completion.logprobs or [])[tokens_from:], text_from)
-                completion_tokens += len(completion.token_ids) - tokens_from
-                sent_text[key], sent_tokens[key] = len(completion.text), len(completion.token_ids)
-                yield chunk([{"index": p * req.n + completion.index, "text": new_text,
-                              "logprobs": logprobs, "finish_reason": completion.finish_reason,
-                              "stop_reason": completion.stop_reason}])
+                    logprobs = to_json(_logprobs(ctx, completion.token_ids, completion.logprobs or [], text_from))
+                completion_tokens += len(completion.token_ids)
+                sent_chars[index] = text_from + len(completion.text)
+                chunks.append(encoder.chunk(
+                    f'{{"index":{index},"text":{to_json(text)},"logprobs":{logprobs},'
+                    f'"finish_reason":{to_json(completion.finish_reason)},'
+                    f'"stop_reason":{to_json(completion.stop_reason)}}}'))
+            if chunks:
+                yield "".join(chunks)
         if req.stream_options and req.stream_options.include_usage:
-            yield chunk([], usage(sum(len(p) for p in prompts), completion_tokens))
+            yield encoder.usage_chunk(usage(sum(len(p) for p in prompts), completion_tokens))
     except Exception as err:  # noqa: BLE001 - the status is sent already; report in the stream
         yield sse_error(err)
     finally:

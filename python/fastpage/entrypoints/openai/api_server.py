@@ -92,15 +92,16 @@ def run_server(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     if args.node_rank > 0:  # a worker node of a multi-node launch serves nothing itself
+        from fastpage.distributed.launcher import run_worker_node
         from fastpage.engine_args import EngineArgs
-        from fastpage.llm_engine import run_worker_node
 
         logger.info("node %d of %d: running its workers for node 0 at %s:%s", args.node_rank, args.nnodes,
                     args.distributed_master_addr, args.distributed_master_port)
         sys.exit(run_worker_node(EngineArgs.from_cli_args(args)))
     app = build_server(args)
+    # uvloop and httptools: the event loop and HTTP parser in C, as vLLM runs them.
     uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
-                timeout_keep_alive=5)
+                timeout_keep_alive=5, loop="uvloop", http="httptools")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,13 @@
 """The tool-parser contract, and the streaming logic shared by every format.
 
-A parser only says how to split model text into (plain content, complete tool calls). Streaming
-re-scans the text produced so far and sends what is new: content as it becomes certain (text that
-could still turn into a tool-call marker is held back) and each tool call whole, once its JSON is
-complete. Parsing uses str.find and json.JSONDecoder.raw_decode only: no regular expressions run on
-model- or user-sized text, so nothing can backtrack catastrophically.
+A parser says where a reply's tool-call region starts (region_start) and which complete calls follow
+a position (scan_calls). Streaming is incremental: text before the region is sent as content as it
+becomes certain (a tail that could still turn into a marker is held back); inside the region each
+call is sent whole, once its JSON is complete, and the next search resumes after it. A call's JSON can
+only complete with a closing bracket, so the pending call is decoded again only when new text brings
+one: the work per piece is proportional to the piece, not to the text so far. Parsing uses str.find
+and json.JSONDecoder.raw_decode only: no regular expressions run on model- or user-sized text, so
+nothing can backtrack catastrophically.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from fastpage.server.protocol import (DeltaFunctionCall, DeltaMessage, DeltaTool
                                       ToolCall, random_id)
 
 _decoder = json.JSONDecoder()
+_CLOSING_BRACKETS = frozenset("}]")
 
 
 @dataclasses.dataclass
@@ -23,6 +27,13 @@ class Scan:
     content: str  # plain text known not to belong to a tool call
     calls: list[FunctionCall]  # complete tool calls, in order
     in_tool_region: bool = False  # a tool-call region has started (complete or not)
+
+
+@dataclasses.dataclass
+class FoundCalls:
+    calls: list[FunctionCall]  # complete calls from the position scanned from
+    resume_at: int  # everything before it is settled: the next scan starts here
+    plain: bool = False  # the region turned out to hold no tool call: the whole reply is content
 
 
 @dataclasses.dataclass
@@ -38,11 +49,31 @@ class ToolParser:
     markers: tuple[str, ...] = ()
 
     def __init__(self):
+        self._region = -1  # where the tool-call region starts, once seen
+        self._searched = 0  # the text before this holds no region start
+        self._resume_at = 0
+        self._scanned = 0  # length of the text when scan_calls last ran
+        self._plain = False
         self._sent_content = 0
         self._sent_calls = 0
 
-    def scan(self, text: str) -> Scan:
+    def region_start(self, text: str, search_from: int) -> int:
+        """Where the tool-call region starts (at or after search_from, which the caller keeps
+        behind any marker that is not complete yet), or -1."""
         raise NotImplementedError
+
+    def scan_calls(self, text: str, pos: int, first: bool) -> FoundCalls:
+        """The complete calls after pos: the region start when first, else a previous resume_at."""
+        raise NotImplementedError
+
+    def scan(self, text: str) -> Scan:
+        start = self.region_start(text, 0)
+        if start < 0:
+            return Scan(text, [])
+        found = self.scan_calls(text, start, first=True)
+        if found.plain:
+            return Scan(text, [])
+        return Scan(text[:start], found.calls, in_tool_region=True)
 
     def skip_special_tokens(self) -> bool:
         """Whether the marker survives detokenization with special tokens skipped."""
@@ -60,25 +91,49 @@ class ToolParser:
 
     def extract_tool_calls_streaming(self, current_text: str) -> DeltaMessage | None:
         """Called with the whole text so far after every new piece; returns what to send, if any."""
-        scan = self.scan(current_text)
-        content = scan.content
-        if not scan.in_tool_region:
-            content = content[:len(content) - _held_back(content, self.markers)]
         delta = DeltaMessage()
+        if self._plain:
+            content = current_text
+        elif self._region < 0:
+            longest_marker = max((len(m) for m in self.markers), default=1)
+            self._region = self.region_start(current_text, max(0, self._searched - longest_marker + 1))
+            self._searched = len(current_text)
+            if self._region < 0:
+                content = current_text[:len(current_text) - _held_back(current_text, self.markers)]
+            else:
+                content = current_text[:self._region]
+                self._resume_at = self._region
+        else:
+            content = current_text[:self._region]
+        if self._region >= 0 and not self._plain:
+            self._scan_new_calls(current_text, delta)
+            if self._plain:
+                content = current_text
         if len(content) > self._sent_content:
             delta.content = content[self._sent_content:]
             self._sent_content = len(content)
-        for index in range(self._sent_calls, len(scan.calls)):
-            call = scan.calls[index]
-            delta.tool_calls.append(DeltaToolCall(
-                index=index, id=self.new_tool_call_id(), type="function",
-                function=DeltaFunctionCall(name=call.name, arguments=call.arguments)))
-        self._sent_calls = len(scan.calls)
         return delta if delta.content or delta.tool_calls else None
+
+    def _scan_new_calls(self, text: str, delta: DeltaMessage) -> None:
+        if _CLOSING_BRACKETS.isdisjoint(text[self._scanned:]):
+            self._scanned = len(text)
+            return  # no call can have completed
+        self._scanned = len(text)
+        found = self.scan_calls(text, self._resume_at, first=not self._sent_calls)
+        if found.plain:
+            self._plain = True
+            return
+        for call in found.calls:
+            delta.tool_calls.append(DeltaToolCall(
+                index=self._sent_calls, id=self.new_tool_call_id(), type="function",
+                function=DeltaFunctionCall(name=call.name, arguments=call.arguments)))
+            self._sent_calls += 1
+        if found.calls:
+            self._resume_at = found.resume_at
 
     def finish_streaming(self, final_text: str) -> DeltaMessage | None:
         """At the end of the stream: text that never became a tool call is content (as non-streamed)."""
-        if self.scan(final_text).calls:
+        if self._sent_calls:
             return None
         rest = final_text[self._sent_content:]
         self._sent_content = len(final_text)
@@ -100,10 +155,15 @@ def _held_back(text: str, markers: tuple[str, ...]) -> int:
     return longest
 
 
-def decode_json_at(text: str, pos: int):
-    """(value, end) of the JSON value starting at pos (after whitespace), or None if incomplete/bad."""
+def skip_whitespace(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
+    return pos
+
+
+def decode_json_at(text: str, pos: int):
+    """(value, end) of the JSON value starting at pos (after whitespace), or None if incomplete/bad."""
+    pos = skip_whitespace(text, pos)
     try:
         return _decoder.raw_decode(text, pos)
     except (json.JSONDecodeError, RecursionError):  # deep nesting from a hostile prompt

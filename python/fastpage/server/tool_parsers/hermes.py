@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastpage.server.tool_parsers.base import Scan, ToolParser, decode_json_at, function_call_from
+from fastpage.server.tool_parsers.base import FoundCalls, ToolParser, decode_json_at, function_call_from
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -11,23 +11,19 @@ class HermesToolParser(ToolParser):
     name = "hermes"
     markers = (OPEN,)
 
-    def scan(self, text: str) -> Scan:
-        start = text.find(OPEN)
-        if start < 0:
-            return Scan(text, [])
+    def region_start(self, text: str, search_from: int) -> int:
+        return text.find(OPEN, search_from)
+
+    def scan_calls(self, text: str, pos: int, first: bool) -> FoundCalls:
         calls = []
-        pos = start
-        while pos >= 0:
-            body_start = pos + len(OPEN)
-            end = text.find(CLOSE, body_start)
-            decoded = decode_json_at(text, body_start)
+        while (start := text.find(OPEN, pos)) >= 0:
+            decoded = decode_json_at(text, start + len(OPEN))
             if decoded is None:
                 break  # incomplete (still streaming) or not JSON
             call = function_call_from(decoded[0])
+            end = text.find(CLOSE, decoded[1])
             if call is None or (end >= 0 and text[decoded[1]:end].strip()):
                 break
             calls.append(call)
-            if end < 0:
-                break  # JSON complete; the closing tag has not arrived yet
-            pos = text.find(OPEN, end + len(CLOSE))
-        return Scan(text[:start], calls, in_tool_region=True)
+            pos = decoded[1]  # the closing tag, if any, holds no opening one
+        return FoundCalls(calls, pos)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import random
 import string
 
-from fastpage.server.tool_parsers.base import Scan, ToolParser, decode_json_at, function_call_from
 from fastpage.server.protocol import FunctionCall
+from fastpage.server.tool_parsers.base import (FoundCalls, ToolParser, decode_json_at, function_call_from,
+                                               skip_whitespace)
 
 TOOL_CALLS, ARGS = "[TOOL_CALLS]", "[ARGS]"
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -25,35 +26,31 @@ class MistralToolParser(ToolParser):
         # Mistral's chat template rejects tool call ids that are not 9 alphanumeric characters.
         return "".join(random.choices(_ID_ALPHABET, k=9))
 
-    def scan(self, text: str) -> Scan:
-        start = text.find(TOOL_CALLS)
-        if start < 0:
-            return Scan(text, [])
+    def region_start(self, text: str, search_from: int) -> int:
+        return text.find(TOOL_CALLS, search_from)
+
+    def scan_calls(self, text: str, pos: int, first: bool) -> FoundCalls:
         calls: list[FunctionCall] = []
-        pos = start
-        while pos >= 0:
-            pos += len(TOOL_CALLS)
-            rest = text[pos:].lstrip()
-            if rest.startswith("["):
-                decoded = decode_json_at(text, pos)
+        while (marker := text.find(TOOL_CALLS, pos)) >= 0:
+            body = marker + len(TOOL_CALLS)
+            if text.startswith("[", skip_whitespace(text, body)):
+                decoded = decode_json_at(text, body)
                 if decoded is None or not isinstance(decoded[0], list):
                     break
                 parsed = [function_call_from(obj) for obj in decoded[0]]
                 if any(c is None for c in parsed):
                     break
                 calls.extend(parsed)
-                end = decoded[1]
             else:
-                args_at = text.find(ARGS, pos)
+                args_at = text.find(ARGS, body)
                 if args_at < 0:
                     break
                 decoded = decode_json_at(text, args_at + len(ARGS))
                 if decoded is None:
                     break
-                call = function_call_from({"name": text[pos:args_at].strip(), "arguments": decoded[0]})
+                call = function_call_from({"name": text[body:args_at].strip(), "arguments": decoded[0]})
                 if call is None:
                     break
                 calls.append(call)
-                end = decoded[1]
-            pos = text.find(TOOL_CALLS, end)
-        return Scan(text[:start], calls, in_tool_region=True)
+            pos = decoded[1]
+        return FoundCalls(calls, pos)

@@ -1,4 +1,4 @@
-"""A tensor / pipeline parallel worker process (ranks 1..world-1): `python -m fastpage.worker --config JSON`.
+"""A tensor / pipeline parallel worker process (ranks 1..world-1): `python -m fastpage.distributed.worker --config JSON`.
 
 Started by rank 0 (fastpage.distributed.launcher) with a WorkerSpec. Joins the process groups, loads
 only its own shard, and runs fastpage::Worker until rank 0 sends shutdown. Exits non-zero when a
@@ -53,7 +53,7 @@ def run_worker(spec: WorkerSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fastpage.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fastpage.distributed.worker", description=__doc__)
     parser.add_argument("--config", required=True, help="WorkerSpec as JSON")
     spec = WorkerSpec.from_json(parser.parse_args(argv).config)
     _exit_when_orphaned(spec.parent_pid)
