@@ -8,9 +8,10 @@ from fastpage.engine_args import EngineArgs
 from fastpage.llm import LLM
 from fastpage.llm_engine import LLMEngine
 from fastpage.outputs import CompletionOutput, Logprob, RequestOutput
-from fastpage.sampling_params import SamplingParams
+from fastpage.sampling_params import RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "LLMEngine", "EngineArgs", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob",
+__all__ = ["LLM", "LLMEngine", "EngineArgs", "SamplingParams", "RequestOutputKind", "RequestOutput", "CompletionOutput",
+           "Logprob",
            "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence"]

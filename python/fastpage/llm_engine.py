@@ -38,7 +38,8 @@ class LLMEngine:
         self.max_num_seqs = max_num_seqs
         self.generation_defaults = dict(generation_defaults or {})
         self._handles = itertools.count()
-        self.processor = OutputProcessor(engine.finish_sequence)
+        # Through self, not a bound method of the loop: shutdown() must be able to drop the last reference.
+        self.processor = OutputProcessor(self._finish_sequence)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -222,6 +223,9 @@ class LLMEngine:
             self.parallel_runtime.fail(f"a step failed: {error}")
             raise RuntimeError(f"fastpage: the parallel engine is dead: {self.parallel_runtime.failure}") from error
         raise RuntimeError(f"fastpage: the engine failed: {error}") from error
+
+    def _finish_sequence(self, request_id: str, seq_index: int) -> None:
+        self.engine.finish_sequence(request_id, seq_index)
 
     def check_invariants(self) -> None:
         """The engine's block and queue invariants (between steps); RuntimeError if broken."""
