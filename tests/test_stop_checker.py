@@ -14,13 +14,19 @@ def tokenizer():
     return Tokenizer(byte_level_bpe())
 
 
+def feed(seq, token_id) -> bool:
+    """One token, as the output processor applies it: appended, detokenized, its text added."""
+    seq.token_ids.append(token_id)
+    return seq.add_text(seq.detokenizer.step(token_id))
+
+
 def generate(tokenizer, text, **params):
     """Feeds `text`'s tokens one at a time; returns the sequence and the visible text after each."""
     prompt_ids = tokenizer.encode("Hello", add_special_tokens=False)
     seq = SequenceState(0, tokenizer, prompt_ids, SamplingParams(**params))
     visible = []
     for token_id in tokenizer.encode(text, add_special_tokens=False):
-        stopped = seq.add_token(token_id)
+        stopped = feed(seq, token_id)
         visible.append(seq.text)
         if stopped:
             break
@@ -76,11 +82,11 @@ def test_stop_token_text_removed_unless_included(tokenizer):
         seq = SequenceState(0, tokenizer, [], SamplingParams(stop_token_ids=[dot_id],
                                                              include_stop_str_in_output=include))
         for token_id in fox_ids + [dot_id]:
-            seq.add_token(token_id)
+            feed(seq, token_id)
         seq.finish("stop", stop_token=dot_id)
         assert seq.text == want and seq.stop_reason == dot_id and seq.token_ids[-1] == dot_id
     eos = SequenceState(0, tokenizer, [], SamplingParams())
     for token_id in fox_ids + [2]:
-        eos.add_token(token_id)
+        feed(eos, token_id)
     eos.finish("stop", stop_token=2)
     assert eos.text == " fox" and eos.stop_reason is None

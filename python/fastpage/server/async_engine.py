@@ -47,7 +47,8 @@ def _wake(collectors: list[RequestCollector]) -> None:
 
 class RequestCollector:
     """The outputs of one request on their way from the output thread to its handler: the output
-    not taken yet (DELTA outputs merged into it), or the error that ended the request."""
+    not taken yet (DELTA outputs merged into it), or the error that ended the request. put() runs
+    on the output thread: a subclass may do per-output work there, off the event loop (prepare)."""
 
     def __init__(self, waker: _Waker):
         self._waker = waker
@@ -56,10 +57,15 @@ class RequestCollector:
         self._error: BaseException | None = None
         self.ready = asyncio.Event()
 
+    def prepare(self, output):
+        """What get() hands out for this output, merged with whatever is not taken yet (add)."""
+        return output
+
     def put(self, output) -> None:
+        item = self.prepare(output)
         with self._lock:
             first = self._output is None and self._error is None
-            self._output = output if self._output is None else self._output.add(output)
+            self._output = item if self._output is None else self._output.add(item)
         if first:
             self._waker.pending.append(self)
 
@@ -129,14 +135,16 @@ class AsyncEngine:
         return None
 
     # ---------------------------------------------------------------- handler side
-    async def generate_stream(self, request_id: str, prompt, params, priority: int = 0) -> RequestStream:
-        """Adds the request (ValueError for bad input); iterate the result for its outputs."""
+    async def generate_stream(self, request_id: str, prompt, params, priority: int = 0,
+                              collector_type: type[RequestCollector] = RequestCollector) -> RequestStream:
+        """Adds the request (ValueError for bad input); iterate the result for its outputs (what the
+        collector type's prepare() makes of them)."""
         problem = self.health_problem()
         if problem is not None:
             raise EngineDeadError(problem)
         if not self.engine.has_unfinished_requests():
             self._last_progress = time.monotonic()  # an idle engine has not stalled
-        collector = RequestCollector(self._waker)
+        collector = collector_type(self._waker)
         self.engine.add_request(request_id, prompt, params, priority=priority, collector=collector)
         return RequestStream(self, request_id, collector)
 
@@ -190,10 +198,11 @@ class RequestStream:
         try:
             while True:
                 output = await self._collector.get()
-                if output.finished:
+                finished = output.finished
+                if finished:
                     self.finished = True
                 yield output
-                if output.finished:
+                if finished:
                     return
         finally:
             self.abort()  # no-op when finished; otherwise the consumer stopped early or was cancelled

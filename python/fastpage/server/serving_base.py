@@ -8,7 +8,7 @@ import dataclasses
 import json
 from typing import Any, AsyncIterator
 
-from fastpage.server.async_engine import AsyncEngine
+from fastpage.server.async_engine import AsyncEngine, RequestCollector
 from fastpage.server.errors import OpenAIError, error_body, param_from_value_error
 from fastpage.server.protocol import SamplingFields
 
@@ -98,13 +98,15 @@ class ServingContext:
         except ValueError as err:
             raise OpenAIError(str(err), 400, param_from_value_error(err)) from None
 
-    async def add_requests(self, request_id: str, prompts: list[list[int]], params) -> list:
+    async def add_requests(self, request_id: str, prompts: list[list[int]], params,
+                           collector_type: type[RequestCollector] = RequestCollector) -> list:
         """Adds one engine request per prompt; all or nothing (a failure aborts the ones added)."""
         streams = []
         try:
             for i, token_ids in enumerate(prompts):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await self.engine.generate_stream(rid, {"prompt_token_ids": token_ids}, params))
+                streams.append(await self.engine.generate_stream(rid, {"prompt_token_ids": token_ids}, params,
+                                                                 collector_type=collector_type))
         except BaseException as err:
             for stream in streams:
                 stream.abort()

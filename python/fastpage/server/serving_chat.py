@@ -7,6 +7,7 @@ import time
 
 from fastapi.responses import StreamingResponse
 
+from fastpage.server.async_engine import RequestCollector
 from fastpage.server.errors import OpenAIError, param_from_value_error
 from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, random_id
 from fastpage.server.serving_base import (ChunkEncoder, ServingContext, final_outputs, sse, sse_error, to_json,
@@ -101,7 +102,9 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
                                  req.prompt_logprobs, skip_special_tokens=False if keep_special else None)
     request_id = random_id("chatcmpl")
     created = int(time.time())
-    [stream] = await ctx.add_requests(request_id, [token_ids], params)
+    parse_while_streaming = req.stream and mode in ("auto", "required") and parser is not None
+    [stream] = await ctx.add_requests(request_id, [token_ids], params,
+                                      tool_call_collector(ctx, req.n) if parse_while_streaming else RequestCollector)
     echo = _echo_prefix(req)
     if req.stream:
         return StreamingResponse(_stream(ctx, req, mode, model, request_id, created, len(token_ids),
@@ -147,11 +150,68 @@ def _message(ctx, req, mode: str, text: str) -> tuple[dict, str | None]:
     return {"role": "assistant", "content": text, "tool_calls": []}, None
 
 
+class ParsedDelta:
+    """A DELTA output whose choices' new text a tool parser has already turned into chat deltas:
+    per choice index, the content that is certain and the tool calls that completed."""
+
+    def __init__(self, output, messages: dict[int, dict], called: set[int]):
+        self.output = output
+        self.messages = messages
+        self.called = called  # choices that made at least one tool call
+        self.finished = output.finished
+
+    def add(self, later: ParsedDelta) -> ParsedDelta:
+        self.output.add(later.output)
+        for i, message in later.messages.items():
+            merged = self.messages.setdefault(i, {})
+            if "content" in message:
+                merged["content"] = merged.get("content", "") + message["content"]
+            if "tool_calls" in message:
+                merged["tool_calls"] = merged.get("tool_calls", []) + message["tool_calls"]
+        self.called |= later.called
+        self.finished = later.finished
+        return self
+
+
+def tool_call_collector(ctx: ServingContext, n: int) -> type[RequestCollector]:
+    """A collector that runs each choice's tool parser as its text arrives, on the output thread:
+    incremental work per piece, none of it on the event loop."""
+
+    class ToolCallCollector(RequestCollector):
+        def __init__(self, waker):
+            super().__init__(waker)
+            self._parsers = [_new_parser(ctx) for _ in range(n)]
+            self._texts = [""] * n
+
+        def prepare(self, output) -> ParsedDelta:
+            messages, called = {}, set()
+            for completion in output.outputs:
+                i, parser = completion.index, self._parsers[completion.index]
+                self._texts[i] += completion.text
+                message = {}
+                parsed = parser.extract_tool_calls_streaming(self._texts[i]) if completion.text else None
+                if parsed is not None:
+                    if parsed.content:
+                        message["content"] = parsed.content
+                    if parsed.tool_calls:
+                        message["tool_calls"] = [c.model_dump(exclude_none=True) for c in parsed.tool_calls]
+                if completion.finish_reason is not None:
+                    tail = parser.finish_streaming(self._texts[i])
+                    if tail is not None and tail.content:
+                        message["content"] = message.get("content", "") + tail.content
+                if parser.streamed_tool_calls:
+                    called.add(i)
+                messages[i] = message
+            return ParsedDelta(output, messages, called)
+
+    return ToolCallCollector
+
+
 async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens, stream, echo):
-    """The outputs are DELTAs: each holds the choices that progressed, with their new text."""
+    """The outputs are DELTAs: each holds the choices that progressed, with their new text (and,
+    with a tool parser, already parsed: ParsedDelta)."""
     n = req.n
-    texts = [""] * n  # each choice's text so far (what a tool parser reads)
-    parsers = [(_new_parser(ctx) if mode in ("auto", "required") else None) for _ in range(n)]
+    named_started = [False] * n
     completion_tokens = 0
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     encoder = ChunkEncoder(request_id, "chat.completion.chunk", created, model)
@@ -160,21 +220,24 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
         yield "".join(encoder.chunk(to_json({"index": i, "delta": {"role": "assistant", "content": echo},
                                              "logprobs": None, "finish_reason": None}))
                       for i in range(n))
-        async for output in stream:
+        async for item in stream:
+            parsed = item if isinstance(item, ParsedDelta) else None
+            output = item.output if parsed is not None else item
             chunks = []
             for completion in output.outputs:
                 i = completion.index
-                text_from = len(texts[i])
-                texts[i] += completion.text
-                delta = _delta(req, mode, parsers[i], texts[i], text_from)
+                if parsed is not None:
+                    delta = parsed.messages.get(i, {})
+                elif mode == "named":
+                    delta = _named_delta(req, completion.text, named_started[i])
+                    named_started[i] = named_started[i] or bool(delta)
+                else:
+                    delta = {"content": completion.text} if completion.text else {}
                 logprobs = _chat_logprobs(ctx, req, completion.token_ids, completion.logprobs)
                 completion_tokens += len(completion.token_ids)
                 finish_reason = completion.finish_reason
                 if finish_reason is not None:
-                    tail = parsers[i].finish_streaming(texts[i]) if parsers[i] else None
-                    if tail is not None and tail.content:
-                        delta["content"] = delta.get("content", "") + tail.content
-                    if parsers[i] is not None and parsers[i].streamed_tool_calls:
+                    if parsed is not None and i in parsed.called:
                         finish_reason = "tool_calls"
                     elif mode == "named":
                         finish_reason = "stop"
@@ -195,27 +258,15 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
     yield sse("[DONE]")
 
 
-def _delta(req, mode: str, parser: ToolParser | None, text: str, text_from: int) -> dict:
-    new_text = text[text_from:]
-    if mode == "named":
-        if not new_text and text_from:
-            return {}
-        call = {"index": 0, "function": {"arguments": new_text}}
-        if text_from == 0:
-            call.update(id=random_id("chatcmpl-tool"), type="function")
-            call["function"]["name"] = req.tool_choice.function.name
-        return {"tool_calls": [call]}
-    if parser is None:
-        return {"content": new_text} if new_text else {}
-    message = parser.extract_tool_calls_streaming(text) if new_text else None
-    if message is None:
+def _named_delta(req, new_text: str, started: bool) -> dict:
+    """tool_choice naming a function: the reply streams as that function's arguments."""
+    if not new_text and started:
         return {}
-    delta = {}
-    if message.content:
-        delta["content"] = message.content
-    if message.tool_calls:
-        delta["tool_calls"] = [c.model_dump(exclude_none=True) for c in message.tool_calls]
-    return delta
+    call = {"index": 0, "function": {"arguments": new_text}}
+    if not started:
+        call.update(id=random_id("chatcmpl-tool"), type="function")
+        call["function"]["name"] = req.tool_choice.function.name
+    return {"tool_calls": [call]}
 
 
 def _chat_logprobs(ctx, req, token_ids, logprobs) -> dict | None:
