@@ -7,6 +7,7 @@ TPOT and ITL percentiles, throughput and failures, and writes JSON to bench/resu
 
 With --offline MODEL the same workload runs through fastpage.LLM.generate in this process instead
 (no server): its output tok/s against the server's at unlimited rate is the serving overhead.
+start_server/stop_server run a server as a subprocess for the benchmarks that start their own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import math
 import os
 import random
+import signal
+import subprocess
 import time
 
 import httpx
@@ -46,32 +49,28 @@ def make_workload(args) -> list[tuple[list[int], int]]:
              length(args.random_output_len)) for _ in range(args.num_prompts)]
 
 
-async def send(client: httpx.AsyncClient, args, prompt: list[int], max_tokens: int) -> RequestResult:
-    body = {"model": args.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int,
+               temperature: float = 0.0, stream: bool = True) -> RequestResult:
+    """One /v1/completions request, EOS ignored. Streamed: TTFT and the gaps between chunks with text;
+    not streamed: the latency only."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+            "ignore_eos": True, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     result = RequestResult(prompt_tokens=len(prompt))
-    start = last = time.perf_counter()
+    start = time.perf_counter()
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
+        if stream:
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                await read_stream(response, result, start)
+        else:
+            response = await client.post("/v1/completions", json=body)
             if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    result.error = chunk["error"]["message"]
-                    return result
-                if chunk.get("usage"):
-                    result.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk["choices"] and chunk["choices"][0]["text"]:
-                    now = time.perf_counter()
-                    if result.ttft == 0.0:
-                        result.ttft = now - start
-                    else:
-                        result.itl.append(now - last)
-                    last = now
+                result.error = f"HTTP {response.status_code}: {response.text[:200]!r}"
+            else:
+                result.output_tokens = response.json()["usage"]["completion_tokens"]
+        if result.error:
+            return result
         result.latency = time.perf_counter() - start
         result.ok = result.output_tokens > 0
         if not result.ok:
@@ -79,6 +78,29 @@ async def send(client: httpx.AsyncClient, args, prompt: list[int], max_tokens: i
     except (httpx.HTTPError, json.JSONDecodeError) as err:
         result.error = repr(err)
     return result
+
+
+async def read_stream(response: httpx.Response, result: RequestResult, start: float) -> None:
+    if response.status_code != 200:
+        result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+        return
+    last = start
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            result.error = chunk["error"]["message"]
+            return
+        if chunk.get("usage"):
+            result.output_tokens = chunk["usage"]["completion_tokens"]
+        if chunk["choices"] and chunk["choices"][0]["text"]:
+            now = time.perf_counter()
+            if result.ttft == 0.0:
+                result.ttft = now - start
+            else:
+                result.itl.append(now - last)
+            last = now
 
 
 async def run(args) -> dict:
@@ -92,7 +114,7 @@ async def run(args) -> dict:
                                  limits=limits) as client:
         async def one(prompt, max_tokens):
             async with limit:
-                return await send(client, args, prompt, max_tokens)
+                return await send(client, args.model, prompt, max_tokens)
 
         tasks = []
         start = time.perf_counter()
@@ -103,6 +125,37 @@ async def run(args) -> dict:
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
     return summarize(args, results, duration)
+
+
+def start_server(command: list[str], base_url: str, log_path: str, env: dict | None = None,
+                 timeout_s: float = 600.0) -> subprocess.Popen:
+    """Starts `command` (its output to log_path) and returns the process once GET /health answers 200;
+    RuntimeError with the log's tail if it exits or is not healthy within timeout_s."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    stop_server(process)
+    with open(log_path) as log:
+        tail = log.read()[-3000:]
+    raise RuntimeError(f"server not healthy (exit code {process.returncode}); {log_path} ends:\n{tail}")
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGINT (uvicorn's graceful shutdown), then SIGKILL after timeout_s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_offline(args) -> dict:

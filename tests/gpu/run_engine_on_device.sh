@@ -14,13 +14,18 @@
 #   attention   bench/device/kernel_bench.py (attention and elementwise kernels vs copy bandwidth and torch)
 #   profile     bench/device/profile_llama_steps.py $PROFILE_ARGS (a prefill and decode steps of the
 #               Llama-3-8B 1000x1000 workload under torch.profiler, e.g. --kv-cache-dtype fp8)
+#   serving     bench/device/serving_gpu.py $SERVING_ARGS (offline vs the server, streamed and not, e.g.
+#               --commit abc1234 --py-spy). Needs carry [".device", ".whl"]: the SmolLM2 tokenizer
+#               (bench/device/serving_gpu.py --write-tokenizer) and the server's wheels, installed by the
+#               command first: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#               && export PYTHONPATH=/tmp/site (kept after python/ below)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-out}
 BUILD=${BUILD:-build/gpu}
 STAGES=${STAGES:-test throughput latency}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=python TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=python${PYTHONPATH:+:$PYTHONPATH} TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
@@ -72,6 +77,10 @@ for stage in $STAGES; do
     latency)
       timeout 300 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" ${LATENCY_ARGS:-} 2>&1 |
         tee "$OUT/latency.log" | tail -45
+      ;;
+    serving)
+      timeout 480 python3 bench/device/serving_gpu.py --out "$OUT/serving_gpu.json" ${SERVING_ARGS:-} 2>&1 |
+        tee "$OUT/serving.log" | grep -v -E "^(Loading|Writing)" | tail -30
       ;;
     throughput)
       timeout 180 python3 bench/device/throughput_gpu.py --out "$OUT/throughput_gpu.json" ${THROUGHPUT_ARGS:-} 2>&1 |

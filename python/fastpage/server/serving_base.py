@@ -171,8 +171,8 @@ def sse(payload: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
-def to_json(value) -> str:
-    return json.dumps(value, ensure_ascii=False)
+# One encoder for every chunk: json.dumps(..., ensure_ascii=False) would build a new one per call.
+to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class ChunkEncoder:
