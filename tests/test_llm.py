@@ -258,6 +258,39 @@ def test_final_only_reports_a_request_once_with_the_cumulative_result(llm):
             [(c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason) for c in cumulative.outputs]
 
 
+def test_delta_outputs_add_up_to_the_cumulative_result(llm):
+    """output_kind=DELTA (what the server streams): each output holds only what is new; merged in
+    order (RequestOutput.add) they equal the final CUMULATIVE output, and every choice reports its
+    finish exactly once, also when the choices of n > 1 finish at different steps."""
+    engine = llm.llm_engine
+    prompts = random_prompts([5, 17, 30], seed=4)
+    cases = [SamplingParams(max_tokens=12, **GREEDY), SamplingParams(max_tokens=9, logprobs=2, seed=3),
+             SamplingParams(max_tokens=20, stop=["a"], seed=5),
+             SamplingParams(n=3, max_tokens=40, min_tokens=1, stop=["e"], seed=7, temperature=1.0)]
+    finished, merged, finishes = {}, {}, {}
+    for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
+        for i, params in enumerate(cases):
+            engine.add_request(f"{kind.name}-{i}", {"prompt_token_ids": prompts[i % 3]},
+                               dataclasses.replace(params, output_kind=kind))
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.request_id.startswith("DELTA"):
+                for c in out.outputs:
+                    finishes.setdefault(out.request_id, []).extend([c.index] if c.finish_reason else [])
+                merged[out.request_id] = merged[out.request_id].add(out) if out.request_id in merged else out
+            elif out.finished:
+                finished[out.request_id] = out
+    for i, params in enumerate(cases):
+        want, got = finished[f"CUMULATIVE-{i}"], merged[f"DELTA-{i}"]
+        assert got.finished
+        assert sorted(finishes[f"DELTA-{i}"]) == list(range(params.n))
+        assert sorted((c.index, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason) for c in got.outputs) \
+            == [(c.index, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason) for c in want.outputs]
+    # The n = 3 case is only a test of the re-sent finish if its choices ended at different steps.
+    assert len({len(c.token_ids) for c in finished["CUMULATIVE-3"].outputs}) > 1
+    assert_no_leaks(llm)
+
+
 def test_abort_frees_blocks(llm):
     engine = llm.llm_engine
     engine.add_request("to-abort", {"prompt_token_ids": random_prompts([40], seed=9)[0]},

@@ -49,6 +49,7 @@ class SequenceState:
         # What DELTA outputs have handed out so far.
         self._sent_tokens = 0
         self._sent_chars = 0
+        self._sent_finish = False
 
     @property
     def finished(self) -> bool:
@@ -103,13 +104,13 @@ class SequenceState:
                                 finish_reason=self.finish_reason, stop_reason=self.stop_reason)
 
     def delta_output(self, index: int) -> CompletionOutput | None:
-        """What was not handed out yet, or None when there is nothing (no visible text, no token,
-        not finished)."""
+        """What was not handed out yet, or None when there is nothing new: no visible text, no
+        token, and no finish not reported yet (a finished choice is reported once)."""
         text = self.text
         sent_tokens, sent_chars = self._sent_tokens, self._sent_chars
-        if len(self.token_ids) == sent_tokens and len(text) == sent_chars and not self.finished:
+        if len(self.token_ids) == sent_tokens and len(text) == sent_chars and self._sent_finish == self.finished:
             return None
-        self._sent_tokens, self._sent_chars = len(self.token_ids), len(text)
+        self._sent_tokens, self._sent_chars, self._sent_finish = len(self.token_ids), len(text), self.finished
         return CompletionOutput(index=index, text=text[sent_chars:], token_ids=self.token_ids[sent_tokens:],
                                 cumulative_logprob=self.cumulative_logprob if self._logprobs_computed() else None,
                                 logprobs=None if self.logprobs is None else self.logprobs[sent_tokens:],
