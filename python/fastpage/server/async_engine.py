@@ -42,7 +42,7 @@ class _Waker:
 
 def _wake(collectors: list[RequestCollector]) -> None:
     for collector in collectors:
-        collector.ready.set()
+        collector.wake()
 
 
 class RequestCollector:
@@ -55,7 +55,9 @@ class RequestCollector:
         self._lock = threading.Lock()  # put/fail run on the output thread, get on the event loop
         self._output = None
         self._error: BaseException | None = None
-        self.ready = asyncio.Event()
+        # The handler's wait: a bare future of the event loop (created where the handler runs).
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future | None = None
 
     def prepare(self, output):
         """What get() hands out for this output, merged with whatever is not taken yet (add)."""
@@ -85,8 +87,17 @@ class RequestCollector:
                 return output
             if error is not None:
                 raise error
-            self.ready.clear()
-            await self.ready.wait()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def wake(self) -> None:
+        """On the event loop: the output thread put something."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class AsyncEngine:
@@ -180,29 +191,34 @@ class AsyncEngine:
 
 
 class RequestStream:
-    """The outputs of one added request. abort() is safe to call at any time, any number of times:
-    handlers call it in a finally block, so a client that goes away frees the request's blocks."""
+    """The outputs of one added request, as an async iterator. abort() is safe to call at any time,
+    any number of times: handlers call it in a finally block, so a client that goes away frees the
+    request's blocks."""
 
     def __init__(self, engine: AsyncEngine, request_id: str, collector: RequestCollector):
         self._engine = engine
         self.request_id = request_id
         self._collector = collector
         self.finished = False
+        self._ended = False
 
     def abort(self) -> None:
         if not self.finished:
             self.finished = True
             self._engine.abort(self.request_id)
 
-    async def __aiter__(self):
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self):
+        if self._ended:
+            raise StopAsyncIteration
         try:
-            while True:
-                output = await self._collector.get()
-                finished = output.finished
-                if finished:
-                    self.finished = True
-                yield output
-                if finished:
-                    return
-        finally:
-            self.abort()  # no-op when finished; otherwise the consumer stopped early or was cancelled
+            output = await self._collector.get()
+        except BaseException:
+            self._ended = True
+            self.abort()  # cancelled, or the request failed: nothing more will come
+            raise
+        if output.finished:
+            self.finished = self._ended = True
+        return output

@@ -135,10 +135,6 @@ async def final_outputs(streams: list) -> list:
 
 async def merged(streams: list) -> AsyncIterator[tuple[int, Any]]:
     """(prompt index, output) from several streams as they come."""
-    if len(streams) == 1:
-        async for output in streams[0]:
-            yield 0, output
-        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(index, stream):

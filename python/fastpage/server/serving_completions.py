@@ -65,8 +65,10 @@ async def _stream(ctx, req, model, request_id, created, prompts, streams):
     sent_chars: dict[int, int] = {}  # per choice index: text sent so far (the logprobs' text offsets)
     completion_tokens = 0
     encoder = ChunkEncoder(request_id, "text_completion", created, model)
+    single = streams[0] if len(streams) == 1 else None  # the common case, without merged()'s tasks
     try:
-        async for p, output in merged(streams):
+        async for item in single if single is not None else merged(streams):
+            p, output = (0, item) if single is not None else item
             chunks = []
             for completion in output.outputs:
                 index = p * req.n + completion.index
@@ -81,10 +83,10 @@ async def _stream(ctx, req, model, request_id, created, prompts, streams):
                     logprobs = to_json(_logprobs(ctx, completion.token_ids, completion.logprobs or [], text_from))
                 completion_tokens += len(completion.token_ids)
                 sent_chars[index] = text_from + len(completion.text)
-                chunks.append(encoder.chunk(
-                    f'{{"index":{index},"text":{to_json(text)},"logprobs":{logprobs},'
-                    f'"finish_reason":{to_json(completion.finish_reason)},'
-                    f'"stop_reason":{to_json(completion.stop_reason)}}}'))
+                finish = "null" if completion.finish_reason is None else to_json(completion.finish_reason)
+                stop = "null" if completion.stop_reason is None else to_json(completion.stop_reason)
+                chunks.append(encoder.chunk(f'{{"index":{index},"text":{to_json(text)},"logprobs":{logprobs},'
+                                            f'"finish_reason":{finish},"stop_reason":{stop}}}'))
             if chunks:
                 yield "".join(chunks)
         if req.stream_options and req.stream_options.include_usage:
