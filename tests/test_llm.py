@@ -172,6 +172,30 @@ def test_logprobs_and_prompt_logprobs(llm, hf):
         assert entry.logprob == pytest.approx(reference[i - 1][prompt[i]].item(), abs=1e-4)
 
 
+def test_prompt_logprobs_again_under_a_reused_request_id(llm, hf):
+    """The engine's prompt-logprobs state lives as long as the request: a request that ends (run to
+    its end, or aborted) and comes back under the same id is scored again."""
+    engine = llm.llm_engine
+    prompt = random_prompts([7], seed=11)[0]
+    reference = hf_logprobs(hf, prompt)
+    params = SamplingParams(max_tokens=3, prompt_logprobs=1, **GREEDY)
+    engine.add_request("again", {"prompt_token_ids": prompt}, params)
+    assert engine.step()[0].prompt_logprobs  # the prompt is scored in its first step
+    engine.abort_request("again")
+    for _ in range(2):
+        engine.add_request("again", {"prompt_token_ids": prompt}, params)
+        outputs = []
+        while engine.has_unfinished_requests():
+            outputs.extend(engine.step())
+        final = outputs[-1]
+        assert final.request_id == "again" and final.finished
+        assert len(final.prompt_logprobs) == len(prompt)
+        for i in range(1, len(prompt)):
+            assert final.prompt_logprobs[i][prompt[i]].logprob == pytest.approx(reference[i - 1][prompt[i]].item(),
+                                                                               abs=1e-4)
+    assert_no_leaks(llm)
+
+
 def test_seeded_sampling_is_reproducible_and_batch_independent(llm, hf):
     prompt = random_prompts([8], seed=4)[0]
     params = SamplingParams(n=3, temperature=1.5, seed=7, max_tokens=12, ignore_eos=True, logprobs=0)
