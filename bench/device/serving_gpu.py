@@ -9,9 +9,10 @@ tokens so that every sampled id decodes to text (with Qwen3's 151,936, two sampl
 decode to nothing). The same engine arguments offline and served: bfloat16, max_model_len 4096,
 max_num_seqs 256, gpu_memory_utilization 0.85, CUDA graphs and async scheduling as by default.
 
-Offline: generate() timed after a short warm-up. Served: `python -m fastpage.entrypoints.openai.api_server`
-as a subprocess, warmed up, then serve-stream with 64 and with 256 clients and serve-nonstream with 256
-(each run all 256 requests; clients = requests in flight). One asyncio client saturates a core near 17k
+Offline: generate() timed after a short warm-up, with all 256 requests running and with at most 64
+(max_num_seqs). Served: `python -m fastpage.entrypoints.openai.api_server` as a subprocess, warmed up,
+then (see RUNS) serve-stream with 64 and with 256 clients and serve-nonstream with 256, all 256 requests
+in flight, and serve-stream with 64 in flight; each compared with the offline run with as many in flight. One asyncio client saturates a core near 17k
 tokens/s, so the requests are spread over --client-processes processes that take the next request from a
 shared counter; output_tok_per_s = all output tokens / (last finish - first send), ITL from the gaps
 between SSE chunks. --py-spy records the server's threads (py-spy record --format raw) during the
@@ -53,7 +54,13 @@ from serve import RequestResult, percentiles, send, start_server, stop_server  #
 
 TEMPERATURE = 0.6
 SHAPE = "qwen3-0.6b-smollm2-vocab"
-RUNS = [("serve-stream", 64, 0.93), ("serve-stream", 256, 0.93), ("serve-nonstream", 256, 0.97)]
+# (mode, clients, requests in flight, target ratio to the offline run with as many in flight). In the
+# issue's measurement every request was in flight whatever the client count (4 clients gave 9,715
+# tok/s, which 4 requests at a time cannot), so "clients" are client workers, each with its own
+# connection pool, sharing the 256 requests in flight. The last run caps the requests in flight at 64
+# and compares with an offline run of max_num_seqs 64.
+RUNS = [("serve-stream", 64, 256, 0.93), ("serve-stream", 256, 256, 0.93), ("serve-nonstream", 256, 256, 0.97),
+        ("serve-stream", 64, 64, 0.93)]
 
 
 def make_model(args) -> str:
@@ -90,10 +97,11 @@ def free_device_memory() -> None:
 
 
 # ---------------------------------------------------------------- offline
-def run_offline(path: str, engine_kwargs: dict, prompts, output_lens) -> dict:
+def run_offline(path: str, engine_kwargs: dict, prompts, output_lens, in_flight: int) -> dict:
+    """LLM.generate of the whole workload with at most in_flight requests running (max_num_seqs)."""
     from fastpage import LLM, SamplingParams
 
-    llm = LLM(model=path, **engine_kwargs)
+    llm = LLM(model=path, **dict(engine_kwargs, max_num_seqs=in_flight))
     warm = SamplingParams(temperature=TEMPERATURE, max_tokens=16, ignore_eos=True)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
     params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for n in output_lens]
@@ -107,7 +115,7 @@ def run_offline(path: str, engine_kwargs: dict, prompts, output_lens) -> dict:
     ttfts = [o.metrics.first_token_time - o.metrics.arrival_time for o in outputs]
     tpots = [(o.metrics.finished_time - o.metrics.first_token_time) / (len(o.outputs[0].token_ids) - 1)
              for o in outputs]
-    return dict(mode="offline", clients=None, output_tok_per_s=output_tokens / duration,
+    return dict(mode="offline", clients=None, in_flight=in_flight, output_tok_per_s=output_tokens / duration,
                 ttft_p50_s=percentiles(ttfts, "ttft")["p50_ttft_ms"] / 1000, itl_p50_ms=None,
                 tpot_p50_ms=percentiles(tpots, "tpot")["p50_tpot_ms"], duration_s=duration,
                 failed=len(prompts) - sum(o.outputs[0].finish_reason == "length" for o in outputs),
@@ -122,37 +130,42 @@ def take_index(counter) -> int:
     return index
 
 
-async def send_until_done(base_url: str, model: str, prompts, output_lens, stream: bool, concurrency: int,
+async def send_until_done(base_url: str, model: str, prompts, output_lens, stream: bool, workers: list[int],
                           counter) -> list[tuple[float, float, RequestResult]]:
-    """concurrency requests in flight, each taking the next request of the shared counter."""
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
-        async def one_client():
-            done = []
-            while (index := take_index(counter)) < len(prompts):
-                start = time.perf_counter()
-                result = await send(client, model, prompts[index], output_lens[index], TEMPERATURE, stream)
-                done.append((start, time.perf_counter(), result))
-            return done
+    """Client workers, each with its own connection pool and workers[k] requests in flight, each request
+    slot taking the next request of the shared counter."""
+    async def worker(in_flight: int):
+        limits = httpx.Limits(max_connections=in_flight)
+        async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+            async def slot():
+                done = []
+                while (index := take_index(counter)) < len(prompts):
+                    start = time.perf_counter()
+                    result = await send(client, model, prompts[index], output_lens[index], TEMPERATURE, stream)
+                    done.append((start, time.perf_counter(), result))
+                return done
 
-        return [item for done in await asyncio.gather(*(one_client() for _ in range(concurrency))) for item in done]
+            return [item for done in await asyncio.gather(*(slot() for _ in range(in_flight))) for item in done]
+
+    return [item for done in await asyncio.gather(*(worker(n) for n in workers)) for item in done]
 
 
-def client_process(base_url, model, prompts, output_lens, stream, concurrency, counter, start_line, results) -> None:
+def client_process(base_url, model, prompts, output_lens, stream, workers, counter, start_line, results) -> None:
     start_line.wait()  # all processes, imports done, start together
-    results.put(asyncio.run(send_until_done(base_url, model, prompts, output_lens, stream, concurrency, counter)))
+    results.put(asyncio.run(send_until_done(base_url, model, prompts, output_lens, stream, workers, counter)))
 
 
-def serve_requests(base_url: str, model: str, prompts, output_lens, stream: bool, clients: int,
+def serve_requests(base_url: str, model: str, prompts, output_lens, stream: bool, clients: int, in_flight: int,
                    num_processes: int) -> dict:
-    """All requests through the server, `clients` in flight over num_processes client processes."""
+    """All requests through the server: `clients` client workers sharing `in_flight` requests in
+    flight, spread over num_processes client processes."""
     context = multiprocessing.get_context("spawn")  # the parent may hold CUDA
     num_processes = min(num_processes, clients)
+    per_worker = [in_flight // clients + (k < in_flight % clients) for k in range(clients)]
     counter, start_line, results = context.Value("i", 0), context.Barrier(num_processes), context.Queue()
     processes = [context.Process(target=client_process, daemon=True,
-                                 args=(base_url, model, prompts, output_lens, stream,
-                                       clients // num_processes + (k < clients % num_processes), counter,
-                                       start_line, results))
+                                 args=(base_url, model, prompts, output_lens, stream, per_worker[k::num_processes],
+                                       counter, start_line, results))
                  for k in range(num_processes)]
     for process in processes:
         process.start()
@@ -165,7 +178,7 @@ def serve_requests(base_url: str, model: str, prompts, output_lens, stream: bool
     errors = sorted({r.error for _, _, r in timed if not r.ok})
     if errors:
         print(f"  failed: {errors[:3]}")
-    return dict(mode="serve-stream" if stream else "serve-nonstream", clients=clients,
+    return dict(mode="serve-stream" if stream else "serve-nonstream", clients=clients, in_flight=in_flight,
                 output_tok_per_s=output_tokens / duration,
                 ttft_p50_s=percentiles([r.ttft for r in done], "ttft")["p50_ttft_ms"] / 1000 if stream else None,
                 itl_p50_ms=percentiles([gap for r in done for gap in r.itl], "itl")["p50_itl_ms"] if stream else None,
@@ -198,20 +211,21 @@ def run_served(args, path: str, engine_kwargs: dict, prompts, output_lens) -> li
     rows = []
     try:
         for stream in (True, False):
-            warmup = serve_requests(base_url, path, prompts[:8], [16] * 8, stream, 8, 1)
+            warmup = serve_requests(base_url, path, prompts[:8], [16] * 8, stream, 8, 8, 1)
             if warmup["failed"]:
                 raise RuntimeError(f"warm-up failed; see {args.server_log}")
-        for mode, clients, target in RUNS:
+        for mode, clients, in_flight, target in RUNS:
             py_spy = None
-            if args.py_spy and (mode, clients) == ("serve-stream", 64):
+            if args.py_spy and (mode, clients, in_flight) == ("serve-stream", 64, 256):
                 py_spy = start_py_spy(server.pid, os.path.join(os.path.dirname(args.out), "serving_pyspy_stream64.txt"))
             try:
                 row = serve_requests(base_url, path, prompts, output_lens, mode == "serve-stream", clients,
-                                     args.client_processes)
+                                     min(in_flight, len(prompts)), args.client_processes)
             finally:
                 stop_py_spy(py_spy)
             rows.append(dict(row, target_ratio=target))
-            print(f"  {mode} {clients} clients: {row['output_tok_per_s']:.0f} tok/s in {row['duration_s']:.1f} s")
+            print(f"  {mode} {clients} clients, {in_flight} in flight: {row['output_tok_per_s']:.0f} tok/s in "
+                  f"{row['duration_s']:.1f} s")
     finally:
         stop_server(server)
     return rows
@@ -259,10 +273,15 @@ def main() -> None:
     common = dict(engine="fastpage", device=torch.cuda.get_device_name() if torch.cuda.is_available()
                   else f"cpu-{os.cpu_count()}core", workload="nano-tiny" if args.tiny else "nano",
                   commit=args.commit or git_commit())
-    offline = dict(common, **run_offline(path, engine_kwargs, prompts, output_lens))
-    print(f"  offline: {offline['output_tok_per_s']:.0f} tok/s in {offline['duration_s']:.1f} s")
-    rows = [offline] + [dict(common, **row, ratio_to_offline=row["output_tok_per_s"] / offline["output_tok_per_s"])
-                        for row in run_served(args, path, engine_kwargs, prompts, output_lens)]
+    offline = {}
+    for in_flight in sorted({min(run[2], len(prompts)) for run in RUNS}, reverse=True):
+        offline[in_flight] = dict(common, **run_offline(path, engine_kwargs, prompts, output_lens, in_flight))
+        print(f"  offline, {in_flight} in flight: {offline[in_flight]['output_tok_per_s']:.0f} tok/s in "
+              f"{offline[in_flight]['duration_s']:.1f} s")
+    served = run_served(args, path, engine_kwargs, prompts, output_lens)
+    rows = list(offline.values()) + [
+        dict(common, **row, ratio_to_offline=row["output_tok_per_s"] / offline[row["in_flight"]]["output_tok_per_s"])
+        for row in served]
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     for row in rows:
@@ -270,7 +289,8 @@ def main() -> None:
         itl = "" if row["itl_p50_ms"] is None else f", ITL p50 {row['itl_p50_ms']:.1f} ms"
         ratio = "" if row["mode"] == "offline" else (f", {row['ratio_to_offline']:.3f} x offline "
                                                      f"(target {row['target_ratio']})")
-        print(f"{row['mode']:>16} {row['clients'] or '':>4}: {row['output_tok_per_s']:8.0f} output tok/s, "
+        print(f"{row['mode']:>16} {row['clients'] or '':>4} clients {row['in_flight']:>4} in flight: "
+              f"{row['output_tok_per_s']:8.0f} output tok/s, "
               f"{row['failed']} failed{ttft}{itl}{ratio}")
 
 
