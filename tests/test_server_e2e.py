@@ -34,8 +34,13 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 
 # Every test runs against a server without and with async scheduling (the default on one GPU, opt-in
-# on the CPU): the same outputs are expected either way.
-@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async-scheduling"])
+# on the CPU), and with two API-server processes beside an engine process (--api-server-count 2): the
+# same outputs are expected every way.
+SERVER_FLAGS = {"sync": [], "async-scheduling": ["--async-scheduling"],
+                "api-servers": ["--async-scheduling", "--api-server-count", "2"]}
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_FLAGS))
 def server(request, tiny_models, tmp_path_factory):  # noqa: F811
     path = tiny_models["llama"]
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
@@ -49,7 +54,7 @@ def server(request, tiny_models, tmp_path_factory):  # noqa: F811
             "tiny-alias", "--max-model-len", str(MAX_MODEL_LEN), "--enable-auto-tool-choice",
             "--tool-call-parser", "hermes", "--chat-template", str(template_file), "--max-num-seqs", "16",
             "--dtype", "float32", "--device", "cpu", "--kv-cache-memory-bytes", str(4 << 20),
-            "--disable-log-stats"] + (["--async-scheduling"] if request.param else [])
+            "--disable-log-stats"] + SERVER_FLAGS[request.param]
     with running_server(args, work / "server.log", env={"FASTPAGE_API_KEY": API_KEY}) as base:
         yield {"base": base, "model": model, "tokenizer": tokenizer}
 

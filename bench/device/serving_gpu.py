@@ -202,10 +202,11 @@ def stop_py_spy(process: subprocess.Popen | None) -> None:
         process.wait(60)
 
 
-def run_served(args, path: str, engine_kwargs: dict, prompts, output_lens) -> list[dict]:
+def run_served(args, path: str, engine_kwargs: dict, prompts, output_lens, api_server_count: int) -> list[dict]:
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in engine_kwargs.items()]
     command = [sys.executable, "-m", "fastpage.entrypoints.openai.api_server", "--model", path, *flags,
-               "--port", str(args.port), "--disable-log-stats", "--uvicorn-log-level", "warning"]
+               "--port", str(args.port), "--disable-log-stats", "--uvicorn-log-level", "warning",
+               "--api-server-count", str(api_server_count)]
     base_url = f"http://127.0.0.1:{args.port}"
     server = start_server(command, base_url, args.server_log)
     rows = []
@@ -216,15 +217,16 @@ def run_served(args, path: str, engine_kwargs: dict, prompts, output_lens) -> li
                 raise RuntimeError(f"warm-up failed; see {args.server_log}")
         for mode, clients, in_flight, target in RUNS:
             py_spy = None
-            if args.py_spy and (mode, clients, in_flight) == ("serve-stream", 64, 256):
+            if args.py_spy and (mode, clients, in_flight, api_server_count) == ("serve-stream", 64, 256, 1):
                 py_spy = start_py_spy(server.pid, os.path.join(os.path.dirname(args.out), "serving_pyspy_stream64.txt"))
             try:
                 row = serve_requests(base_url, path, prompts, output_lens, mode == "serve-stream", clients,
                                      min(in_flight, len(prompts)), args.client_processes)
             finally:
                 stop_py_spy(py_spy)
-            rows.append(dict(row, target_ratio=target))
-            print(f"  {mode} {clients} clients, {in_flight} in flight: {row['output_tok_per_s']:.0f} tok/s in "
+            rows.append(dict(row, target_ratio=target, api_server_count=api_server_count))
+            print(f"  {api_server_count} API server(s), {mode} {clients} clients, {in_flight} in flight: "
+                  f"{row['output_tok_per_s']:.0f} tok/s in "
                   f"{row['duration_s']:.1f} s")
     finally:
         stop_server(server)
@@ -250,6 +252,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8532)
     parser.add_argument("--server-log", default=None, help="default: serving_server.log beside --out")
     parser.add_argument("--py-spy", action="store_true", help="profile the server during the 64-client stream run")
+    parser.add_argument("--api-server-counts", default="1,4",
+                        help="the served runs once per count (fastpage serve --api-server-count)")
     parser.add_argument("--commit", default=None, help="default: git rev-parse --short HEAD")
     args = parser.parse_args()
     if args.write_tokenizer:
@@ -278,7 +282,8 @@ def main() -> None:
         offline[in_flight] = dict(common, **run_offline(path, engine_kwargs, prompts, output_lens, in_flight))
         print(f"  offline, {in_flight} in flight: {offline[in_flight]['output_tok_per_s']:.0f} tok/s in "
               f"{offline[in_flight]['duration_s']:.1f} s")
-    served = run_served(args, path, engine_kwargs, prompts, output_lens)
+    served = [row for count in map(int, args.api_server_counts.split(","))
+              for row in run_served(args, path, engine_kwargs, prompts, output_lens, count)]
     rows = list(offline.values()) + [
         dict(common, **row, ratio_to_offline=row["output_tok_per_s"] / offline[row["in_flight"]]["output_tok_per_s"])
         for row in served]
@@ -289,7 +294,8 @@ def main() -> None:
         itl = "" if row["itl_p50_ms"] is None else f", ITL p50 {row['itl_p50_ms']:.1f} ms"
         ratio = "" if row["mode"] == "offline" else (f", {row['ratio_to_offline']:.3f} x offline "
                                                      f"(target {row['target_ratio']})")
-        print(f"{row['mode']:>16} {row['clients'] or '':>4} clients {row['in_flight']:>4} in flight: "
+        print(f"{row['mode']:>16} {row.get('api_server_count', ''):>2} {row['clients'] or '':>4} clients "
+              f"{row['in_flight']:>4} in flight: "
               f"{row['output_tok_per_s']:8.0f} output tok/s, "
               f"{row['failed']} failed{ttft}{itl}{ratio}")
 

@@ -26,11 +26,13 @@ Prompt = str | list[int] | dict[str, Any]
 class LLMEngine:
     def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
                  max_logprobs: int = 20, max_num_seqs: int | None = None,
-                 generation_defaults: dict[str, Any] | None = None, parallel_runtime=None):
-        self.engine = engine  # fastpage._C.EngineLoop
+                 generation_defaults: dict[str, Any] | None = None, parallel_runtime=None,
+                 tokenizer_source: str | None = None):
+        self.engine = engine  # fastpage._C.EngineLoop, or server.remote_loop.RemoteLoop in an API server
         # fastpage.distributed.launcher.ParallelRuntime when tensor/pipeline parallel: the workers.
         self.parallel_runtime = parallel_runtime
         self.tokenizer = tokenizer
+        self.tokenizer_source = tokenizer_source  # where the tokenizer was loaded from
         self.model_config = model_config
         self.max_model_len = max_model_len
         self.model_name = model_name
@@ -70,8 +72,8 @@ class LLMEngine:
             loaded = load_model(model, dtype=args.dtype, device=device, load_format=args.load_format,
                                 parallel=parallel)
             max_model_len = args.resolved_max_model_len(loaded.max_model_len)
-            tokenizer = load_tokenizer(args.tokenizer or loaded.tokenizer_source, loaded.eos_token_ids,
-                                       loaded.chat_template)
+            tokenizer_source = args.tokenizer or loaded.tokenizer_source
+            tokenizer = load_tokenizer(tokenizer_source, loaded.eos_token_ids, loaded.chat_template)
             dtype = loaded.weights["embed_tokens.weight"].dtype
             config = args.engine_config(max_model_len)
             if parallel is not None:
@@ -84,7 +86,8 @@ class LLMEngine:
             raise
         return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
                    max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
-                   generation_defaults=loaded.generation_defaults, parallel_runtime=runtime)
+                   generation_defaults=loaded.generation_defaults, parallel_runtime=runtime,
+                   tokenizer_source=tokenizer_source)
 
     def check_health(self) -> None:
         """RuntimeError when the engine cannot serve: a tensor/pipeline parallel worker died or a

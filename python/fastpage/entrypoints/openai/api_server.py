@@ -34,6 +34,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     server.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
                         help="how tool calls look in this model's output (hermes: Qwen2.5, Hermes)")
     server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line")
+    server.add_argument("--api-server-count", type=int, default=1,
+                        help="API-server processes on the port (HTTP, SSE, detokenization), beside one engine "
+                             "process; more than 1 spreads the front-end work over cores")
     server.add_argument("--uvicorn-log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug", "trace"])
     EngineArgs.add_cli_args(parser)
@@ -53,9 +56,16 @@ def load_chat_template(value: str | None) -> str | None:
 
 
 def build_server(args: argparse.Namespace):
-    """Loads the model and returns the FastAPI app (the engine thread starts with the app)."""
+    """Loads the model and returns the FastAPI app (the engine loop starts with the app)."""
     from fastpage.engine_args import EngineArgs
     from fastpage.llm_engine import LLMEngine
+
+    # The engine logs the KV-cache size and how many max-length requests fit.
+    return build_app_for(args, LLMEngine.from_engine_args(EngineArgs.from_cli_args(args)))
+
+
+def build_app_for(args: argparse.Namespace, llm):
+    """The FastAPI app serving an LLMEngine (its loop local, or the engine process's: api_servers.py)."""
     from fastpage.server.app import build_app
     from fastpage.server.async_engine import AsyncEngine
     from fastpage.server.metrics import ServerMetrics
@@ -64,8 +74,6 @@ def build_server(args: argparse.Namespace):
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     chat_template = load_chat_template(args.chat_template)
-    # The engine logs the KV-cache size and how many max-length requests fit.
-    llm = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
     served = args.served_model_name or [default_served_name(args.model, llm.model_name)]
     metrics = ServerMetrics(served[0])
     engine = AsyncEngine(llm, metrics, log_interval_s=float("inf") if args.disable_log_stats else 10.0)
@@ -98,6 +106,11 @@ def run_server(args: argparse.Namespace) -> None:
         logger.info("node %d of %d: running its workers for node 0 at %s:%s", args.node_rank, args.nnodes,
                     args.distributed_master_addr, args.distributed_master_port)
         sys.exit(run_worker_node(EngineArgs.from_cli_args(args)))
+    if args.api_server_count > 1:
+        from fastpage.server.api_servers import run_api_servers
+
+        run_api_servers(args)
+        return
     app = build_server(args)
     # uvloop and httptools: the event loop and HTTP parser in C, as vLLM runs them.
     uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
