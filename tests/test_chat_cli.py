@@ -13,12 +13,9 @@ import sys
 
 import pytest
 
-import fastpage
 from fastpage.commands import chat, generate
 from fastpage.model_loader.default_model import default_model_path
 
-pytestmark = pytest.mark.skipif(not hasattr(fastpage._C, "Engine"),
-                                reason="the C++ engine is not built into fastpage._C yet")
 _MAX_TOKENS = 24
 _ENGINE_FLAGS = ["--device", "cpu", "--dtype", "float32", "--kv-cache-memory-bytes", str(128 << 20)]
 

@@ -306,8 +306,6 @@ def test_chat_template_from_metadata_renders_like_transformers(smollm, smollm_to
 
 # --- greedy generation through the engine, against transformers on the same file ----------------------
 
-needs_engine = pytest.mark.skipif(not hasattr(__import__("fastpage")._C, "Engine"),
-                                  reason="the C++ engine is not built into fastpage._C yet")
 _PLAIN_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 _CHATS = [
     [{"role": "user", "content": "What is 9.11 vs 9.8, which is bigger?"}],
@@ -335,7 +333,6 @@ def _assert_transformers_greedy(reference_model, prompt_ids: list[int], generate
     assert generated == predicted
 
 
-@needs_engine
 def test_greedy_generation_matches_transformers(smollm_llm, reference_model, reference_tokenizer):
     import fastpage
 
