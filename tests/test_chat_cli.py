@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+import fastpage
 from fastpage.commands import chat, generate
 from fastpage.model_loader.default_model import default_model_path
 
