@@ -462,17 +462,9 @@ class Soak:
         token_prompts = [p for p in prompts if isinstance(p, list)]
         prompt_tokens = sum(len(p) for p in prompts) if len(token_prompts) == num_prompts else None
         if stream:
-            async with client.stream("POST", "/v1/completions", json=body) as response:
-                chunks, lines, hung_up = await read_sse(response, rng.randint(1, 6) if hang_up else None)
-            with stream_as_evidence(lines):
-                chunks, usage = split_usage(chunks, include_usage, hung_up)
-                for chunk in chunks:
-                    if chunk.get("object") != "text_completion":
-                        raise Failure(f"object {chunk.get('object')!r}")
-                    for choice in chunk["choices"]:
-                        add_completion_choice(state, choice, chunk, logprobs)
-            if hung_up:
-                raise HungUp  # after checking the chunks it had
+            lines, usage = await self._stream(client, "/v1/completions", body, rng, hang_up, include_usage,
+                                              "text_completion",
+                                              lambda choice, chunk: add_completion_choice(state, choice, chunk, logprobs))
         else:
             result = await self._post(client, "/v1/completions", body, rng.uniform(0.05, 2.0) if hang_up else None)
             if len(result.get("choices") or []) != state.num:
@@ -492,6 +484,23 @@ class Soak:
                     raise Failure(f"greedy n={n} choices differ: {texts!r}")
                 self._check_repeat(("completion", p, max_tokens, temperature, body.get("seed"), n,
                                     body["ignore_eos"]), texts)
+
+    async def _stream(self, client: httpx.AsyncClient, path: str, body: dict, rng: random.Random, hang_up: bool,
+                      include_usage: bool, kind: str, add) -> tuple[list[str], dict | None]:
+        """A streamed request: every chunk checked, each choice given to add(choice, chunk); (its
+        lines, its usage). A hang-up raises HungUp after checking the chunks it had."""
+        async with client.stream("POST", path, json=body) as response:
+            chunks, lines, hung_up = await read_sse(response, rng.randint(1, 6) if hang_up else None)
+        with stream_as_evidence(lines):
+            chunks, usage = split_usage(chunks, include_usage, hung_up)
+            for chunk in chunks:
+                if chunk.get("object") != kind:
+                    raise Failure(f"object {chunk.get('object')!r}")
+                for choice in chunk["choices"]:
+                    add(choice, chunk)
+        if hung_up:
+            raise HungUp
+        return lines, usage
 
     async def chat(self, client: httpx.AsyncClient, rng: random.Random, body: dict, stream: bool,
                    hang_up: bool) -> None:
@@ -514,17 +523,9 @@ class Soak:
         state = ChatChoices(n)
         lines: list[str] = []  # a stream's, as evidence
         if stream:
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                chunks, lines, hung_up = await read_sse(response, rng.randint(1, 6) if hang_up else None)
-            with stream_as_evidence(lines):
-                chunks, usage = split_usage(chunks, include_usage, hung_up)
-                for chunk in chunks:
-                    if chunk.get("object") != "chat.completion.chunk":
-                        raise Failure(f"object {chunk.get('object')!r}")
-                    for choice in chunk["choices"]:
-                        state.add_delta(choice, chunk, logprobs)
-            if hung_up:
-                raise HungUp  # after checking the chunks it had
+            lines, usage = await self._stream(client, "/v1/chat/completions", body, rng, hang_up, include_usage,
+                                              "chat.completion.chunk",
+                                              lambda choice, chunk: state.add_delta(choice, chunk, logprobs))
         else:
             result = await self._post(client, "/v1/chat/completions", body, rng.uniform(0.05, 2.0) if hang_up else None)
             if len(result.get("choices") or []) != n:
