@@ -112,3 +112,26 @@ def test_adversarial_text_parses_in_linear_time(parser_name, opener):
     text = opener + '{"name": "f", "arguments": ' + "[" * 5000 + '"' + "a" * 200_000
     assert whole(parser_name, text) == (text, [])
     assert stream(parser_name, text, piece_sizes=(50_000,)) == (text, [])
+
+
+@pytest.mark.parametrize("parser_name,fmt", FORMATS)
+def test_streaming_decodes_a_pending_call_only_when_a_bracket_arrives(parser_name, fmt, monkeypatch):
+    # A long tool call streamed a character at a time: the pending call's JSON is decoded again only
+    # after a piece that brings a closing bracket (the only way a JSON value can complete), so the
+    # work per piece does not grow with the text so far.
+    from fastpage.server.tool_parsers import base
+
+    long_call = {"name": "write_file", "arguments": {"path": "a.txt", "text": "x" * 5000}}
+    text = fmt(long_call, before="" if parser_name == "llama3_json" else "Writing it.\n")
+    decodes = []
+    real_decoder = base._decoder
+
+    class CountingDecoder:
+        def raw_decode(self, s, pos):
+            decodes.append(pos)
+            return real_decoder.raw_decode(s, pos)
+
+    monkeypatch.setattr(base, "_decoder", CountingDecoder())
+    content, calls = stream(parser_name, text, piece_sizes=(1,))
+    assert calls == expected([long_call])
+    assert len(decodes) <= 4 * sum(text.count(c) for c in "}]")  # not one per piece (len(text) ~ 5,100)
