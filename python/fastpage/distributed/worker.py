@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
-import time
 
 import torch
 
@@ -20,15 +18,7 @@ from fastpage.distributed.launcher import WorkerSpec, device_for_rank
 from fastpage.distributed.process_groups import init_process_groups
 from fastpage.engine_args import EngineArgs
 from fastpage.model_loader import load_model
-
-
-def _exit_when_orphaned(parent_pid: int) -> None:
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="fastpage-parent-watch", daemon=True).start()
+from fastpage.parent_watch import exit_when_orphaned
 
 
 def run_worker(spec: WorkerSpec) -> None:
@@ -56,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastpage.distributed.worker", description=__doc__)
     parser.add_argument("--config", required=True, help="WorkerSpec as JSON")
     spec = WorkerSpec.from_json(parser.parse_args(argv).config)
-    _exit_when_orphaned(spec.parent_pid)
+    exit_when_orphaned(spec.parent_pid)
     code = 0
     try:
         run_worker(spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def run_api_servers(args: argparse.Namespace) -> None:
     tokenizer = llm.tokenizer
     servers = []
     for k in range(num_servers):
-        spec = dict(server_index=k, listen_fd=listener.fileno(), command_address=command_address,
+        spec = dict(server_index=k, parent_pid=os.getpid(), listen_fd=listener.fileno(), command_address=command_address,
                     output_address=output_addresses[k], args=vars(args), model_name=llm.model_name,
                     tokenizer_source=llm.tokenizer_source, eos_token_ids=list(tokenizer.eos_token_ids),
                     chat_template=tokenizer.chat_template, max_model_len=llm.max_model_len,
@@ -92,9 +93,11 @@ def run_api_server(spec: dict) -> None:
 
     from fastpage.entrypoints.openai.api_server import build_app_for
     from fastpage.llm_engine import LLMEngine
+    from fastpage.parent_watch import exit_when_orphaned
     from fastpage.server.remote_loop import RemoteLoop
     from fastpage.tokenizer import load_tokenizer
 
+    exit_when_orphaned(spec["parent_pid"])  # the engine process is gone: nothing left to serve
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     args = argparse.Namespace(**spec["args"])
     args.disable_log_stats = args.disable_log_stats or spec["server_index"] > 0  # one stats line, not N
