@@ -37,6 +37,7 @@ import os
 import random
 import re
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -669,6 +670,12 @@ def build_tiny_model(directory: str) -> tuple[str, str]:
     return path, template
 
 
+def _git_commit() -> str:
+    done = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -729,8 +736,10 @@ def main() -> int:
                 errors = [line for line in kept if "Traceback" in line or "ERROR" in line]
                 print(f"server log: {len(errors)} lines with ERROR or Traceback", "".join(errors[:20]), sep="\n")
     summary["args"] = vars(args)
+    row = dict(engine="fastpage", device=f"cpu-{os.cpu_count()}core", workload="soak-tiny-llama",
+               commit=_git_commit(), **summary)
     with open(output, "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump([row], f, indent=1)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("rss_samples", "failures")}, indent=1))
     for failure in {f["class"]: f for f in reversed(summary["failures"])}.values():
         print(json.dumps(failure, ensure_ascii=False)[:2000])

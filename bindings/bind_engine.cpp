@@ -41,8 +41,7 @@ void bind_engine(py::module_& m) {
       .def_readonly("num_steps", &StepBatch::num_steps)
       .def_readonly("stats", &StepBatch::stats)
       .def_readonly("failure", &StepBatch::failure)
-      .def_property_readonly("num_rows", &StepBatch::num_rows)
-      .def("empty", &StepBatch::empty);
+      .def_property_readonly("num_rows", &StepBatch::num_rows);
 
   using Loop = EngineLoop;
   py::class_<Loop>(m, "EngineLoop")

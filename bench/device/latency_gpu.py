@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--path", default="/tmp/fastpage_bench/llama-3-8b")
     parser.add_argument("--profile", action="store_true", help="also profile decode steps by kernel, eager and with graphs")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--commit", default="unknown", help="the tree's commit (the GPU machine's copy has no .git)")
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name()
@@ -141,7 +142,7 @@ def main() -> None:
     kv_read = context * config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 2
     roofline_ms = 1e3 * (weights_read + kv_read) / bandwidth
     prompt = [random.Random(0).randrange(10000) for _ in range(PROMPT_LEN)]
-    common = dict(device=device, workload=WORKLOAD, model_shape="llama-3-8b (32 layers, random bf16 weights)",
+    common = dict(device=device, commit=args.commit, workload=WORKLOAD, model_shape="llama-3-8b (32 layers, random bf16 weights)",
                   roofline_ms_per_token=roofline_ms, weight_bytes_read_per_token=weights_read,
                   kv_bytes_read_per_token=kv_read, copy_GBps=bandwidth / 1e9)
 

@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--hf-requests", type=int, default=32)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--commit", default="unknown", help="the tree's commit (the GPU machine's copy has no .git)")
     args = parser.parse_args()
 
     prompts, output_lens = nano_workload()
@@ -117,7 +118,8 @@ def main() -> None:
     model = make_checkpoint("qwen3-0.6b", args.path)
     print(f"checkpoint written in {time.perf_counter() - start:.1f} s")
     device = torch.cuda.get_device_name()
-    common = dict(device=device, workload=WORKLOAD, model_shape="qwen3-0.6b (28 layers, random bf16 weights)",
+    common = dict(device=device, commit=args.commit, workload=WORKLOAD,
+                  model_shape="qwen3-0.6b (28 layers, random bf16 weights)",
                   ms_per_token=None)
     rows = []
     if not args.skip_hf:

@@ -7,7 +7,7 @@ import collections.abc
 import enum
 import torch
 import typing
-__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'Engine', 'EngineConfig', 'EngineStats', 'FilledToken', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'PLACEHOLDER_TOKEN', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepOutput', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
+__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'EngineConfig', 'EngineLoop', 'EngineStats', 'FilledToken', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'PLACEHOLDER_TOKEN', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepBatch', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
 class NormType(enum.Enum):
     LayerNorm: typing.ClassVar[NormType]
     RMSNorm: typing.ClassVar[NormType]
@@ -264,7 +264,7 @@ class Scheduler:
         ...
     def abort_request(self, request_id: str) -> bool:
         ...
-    def add_request(self, request_id: str, prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: CSamplingParams, eos_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], priority: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
+    def add_request(self, request_id: str, prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: CSamplingParams, eos_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], priority: typing.SupportsInt | typing.SupportsIndex = 0, handle: typing.SupportsInt | typing.SupportsIndex = -1) -> int:
         ...
     def check_invariants(self) -> None:
         ...
@@ -335,18 +335,6 @@ class ModelRunner:
     device: typing.Final[str]
     num_device_blocks: typing.Final[int]
     num_host_blocks: typing.Final[int]
-class StepOutput:
-    cumulative_logprob: typing.Final[float]
-    finish_reason: typing.Final[FinishReason]
-    finished: typing.Final[bool]
-    logprobs: typing.Final[list[TokenLogprobs]]
-    new_token_ids: typing.Final[list[int]]
-    num_cached_tokens: typing.Final[int]
-    num_prompt_tokens: typing.Final[int]
-    prompt_logprobs: typing.Final[list[TokenLogprobs]]
-    request_id: typing.Final[str]
-    seq_index: typing.Final[int]
-    stop_token: typing.Final[int]
 class EngineStats:
     generation_tokens: typing.Final[int]
     num_device_blocks: typing.Final[int]
@@ -358,12 +346,32 @@ class EngineStats:
     prefix_cache_hits: typing.Final[int]
     prefix_cache_queries: typing.Final[int]
     prompt_tokens: typing.Final[int]
-class Engine:
+class StepBatch:
+    cumulative_logprobs: typing.Final[list[float]]
+    failure: typing.Final[str]
+    finish_reasons: typing.Final[list[int]]
+    handles: typing.Final[list[int]]
+    logprob_rows: typing.Final[list[int]]
+    logprobs: typing.Final[list[list[TokenLogprobs]]]
+    num_cached_tokens: typing.Final[list[int]]
+    num_rows: typing.Final[int]
+    num_steps: typing.Final[int]
+    prompt_logprob_rows: typing.Final[list[int]]
+    prompt_logprobs: typing.Final[list[list[TokenLogprobs]]]
+    rejected_handles: typing.Final[list[int]]
+    rejected_reasons: typing.Final[list[str]]
+    seq_indices: typing.Final[list[int]]
+    stats: typing.Final[EngineStats]
+    stop_tokens: typing.Final[list[int]]
+    timestamp: typing.Final[float]
+    token_ids: typing.Final[list[int]]
+    token_offsets: typing.Final[list[int]]
+class EngineLoop:
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: collections.abc.Mapping[str, torch.Tensor], device: str = 'cpu', dtype: torch.dtype = ...) -> None:
         ...
-    def abort_request(self, request_id: str) -> bool:
+    def abort_request(self, request_id: str) -> None:
         ...
-    def add_request(self, request_id: str, prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: CSamplingParams, eos_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], priority: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def add_request(self, handle: typing.SupportsInt | typing.SupportsIndex, request_id: str, prompt_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: CSamplingParams, eos_token_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], priority: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
     def check_invariants(self) -> None:
         ...
@@ -371,13 +379,22 @@ class Engine:
         ...
     def has_unfinished(self) -> bool:
         ...
+    def reset_prefix_cache(self) -> None:
+        ...
+    def start(self) -> None:
+        ...
     def stats(self) -> EngineStats:
         ...
-    def step(self) -> list[StepOutput]:
+    def step(self) -> None:
+        ...
+    def stop(self) -> None:
+        ...
+    def take(self, timeout_s: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> StepBatch:
         ...
     async_scheduling: typing.Final[bool]
     max_model_len: typing.Final[int]
-    num_device_blocks: typing.Final[int]
+    running: typing.Final[bool]
+    step_cpu_seconds: typing.Final[float]
 class ModelShard:
     first_stage: typing.Final[bool]
     head_begin: typing.Final[int]

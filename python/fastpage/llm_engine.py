@@ -21,6 +21,10 @@ from fastpage.sampling_params import SamplingParams
 from fastpage.tokenizer import Tokenizer, load_tokenizer
 
 Prompt = str | list[int] | dict[str, Any]
+# The C++ EngineStats fields, as get_stats() reports them.
+ENGINE_STATS_FIELDS = ("num_running", "num_waiting", "num_swapped", "num_device_blocks", "num_free_device_blocks",
+                       "num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
+                       "generation_tokens")
 
 
 class LLMEngine:
@@ -239,10 +243,7 @@ class LLMEngine:
 
     def stats_dict(self, stats) -> dict[str, Any]:
         """A C++ EngineStats as a dict, with kv_cache_usage and the unfinished requests."""
-        names = ("num_running", "num_waiting", "num_swapped", "num_device_blocks", "num_free_device_blocks",
-                 "num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
-                 "generation_tokens")
-        result: dict[str, Any] = {name: getattr(stats, name) for name in names}
+        result: dict[str, Any] = {name: getattr(stats, name) for name in ENGINE_STATS_FIELDS}
         total = result["num_device_blocks"]
         result["kv_cache_usage"] = 1.0 - result["num_free_device_blocks"] / total if total else 0.0
         result["num_unfinished_requests"] = len(self.processor)

@@ -43,7 +43,6 @@ struct StepBatch {
   std::string failure;     // non-empty: a step failed; the engine is dead and no batch follows
 
   size_t num_rows() const { return handles.size(); }
-  bool empty() const { return handles.empty() && rejected_handles.empty() && failure.empty(); }
 };
 
 class EngineLoop {

@@ -11,7 +11,8 @@ import threading
 import zmq
 
 from fastpage import _C
-from fastpage.server.remote_loop import BATCH_FIELDS, STATS_FIELDS, pack, unpack
+from fastpage.llm_engine import ENGINE_STATS_FIELDS
+from fastpage.server.remote_loop import BATCH_FIELDS, pack, unpack
 
 TAKE_TIMEOUT_S = 0.25  # an idle engine still sends this often (the stats, and that it is alive)
 
@@ -86,7 +87,7 @@ def split_batch(batch, num_servers: int, rejected: collections.deque) -> list[di
     cumulative, cached = batch.cumulative_logprobs, batch.num_cached_tokens
     logprobs = dict(zip(batch.logprob_rows, batch.logprobs)) if batch.logprob_rows else {}
     prompt_logprobs = dict(zip(batch.prompt_logprob_rows, batch.prompt_logprobs)) if batch.prompt_logprob_rows else {}
-    stats = {name: getattr(batch.stats, name) for name in STATS_FIELDS}
+    stats = {name: getattr(batch.stats, name) for name in ENGINE_STATS_FIELDS}
     messages = [{name: [] for name in BATCH_FIELDS} for _ in range(num_servers)]
     for message in messages:
         message.update(token_offsets=[0], timestamp=batch.timestamp, num_steps=batch.num_steps, stats=stats,

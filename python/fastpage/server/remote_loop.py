@@ -24,14 +24,13 @@ from typing import NamedTuple
 import msgpack
 import zmq
 
+from fastpage.llm_engine import ENGINE_STATS_FIELDS
+
 # The StepBatch fields that travel, as they are named on the C++ StepBatch.
 BATCH_FIELDS = ("handles", "seq_indices", "token_offsets", "token_ids", "finish_reasons", "stop_tokens",
                 "cumulative_logprobs", "num_cached_tokens", "logprob_rows", "logprobs", "prompt_logprob_rows",
                 "prompt_logprobs", "rejected_handles", "rejected_reasons", "timestamp", "num_steps", "stats",
                 "failure")
-STATS_FIELDS = ("num_running", "num_waiting", "num_swapped", "num_device_blocks", "num_free_device_blocks",
-                "num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
-                "generation_tokens")
 # The engine's output thread sends at least this often (an empty batch with the stats when idle);
 # nothing for ENGINE_SILENT_S means the engine process is gone.
 ENGINE_SILENT_S = 10.0
@@ -72,7 +71,7 @@ class RemoteLoop:
         self._outputs.connect(output_address)
         self._send_lock = threading.Lock()  # handlers add/abort on the event loop; finish comes from the outputs thread
         self._last_heard = time.monotonic()
-        self._stats = types.SimpleNamespace(**dict.fromkeys(STATS_FIELDS, 0))
+        self._stats = types.SimpleNamespace(**dict.fromkeys(ENGINE_STATS_FIELDS, 0))
         self._send(["hello", server_index])
 
     def _send(self, message) -> None:
