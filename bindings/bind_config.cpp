@@ -91,6 +91,22 @@ void bind_config(py::module_& m) {
       .def_readwrite("async_scheduling", &EngineConfig::async_scheduling)
       .def_readwrite("parallel", &EngineConfig::parallel);
 
+  py::native_enum<GrammarKind>(m, "GrammarKind", "enum.Enum")
+      .value("None_", GrammarKind::None)
+      .value("JsonSchema", GrammarKind::JsonSchema)
+      .value("JsonObject", GrammarKind::JsonObject)
+      .value("Regex", GrammarKind::Regex)
+      .value("Ebnf", GrammarKind::Ebnf)
+      .value("StructuralTag", GrammarKind::StructuralTag)
+      .finalize();
+
+  py::class_<StructuredOutput>(m, "StructuredOutput")
+      .def(py::init<>())
+      .def_readwrite("kind", &StructuredOutput::kind)
+      .def_readwrite("spec", &StructuredOutput::spec)
+      .def_readwrite("any_whitespace", &StructuredOutput::any_whitespace)
+      .def_readwrite("start_after", &StructuredOutput::start_after);
+
   // The C++ view of sampling parameters; Python's fastpage.SamplingParams validates and converts.
   py::class_<SamplingParams>(m, "CSamplingParams")
       .def(py::init<>())
@@ -113,8 +129,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
       .def_readwrite("logit_bias", &SamplingParams::logit_bias)
       .def_readwrite("allowed_token_ids", &SamplingParams::allowed_token_ids)
-      .def_readwrite("beam_width", &SamplingParams::beam_width)
-      .def_readwrite("length_penalty", &SamplingParams::length_penalty);
+      .def_readwrite("structured_output", &SamplingParams::structured_output);
 }
 
 }  // namespace fastpage::bindings

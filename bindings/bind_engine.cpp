@@ -3,6 +3,7 @@
 
 #include "bindings.h"
 #include "fastpage/engine_loop.h"
+#include "fastpage/xgrammar_backend.h"
 
 namespace py = pybind11;
 
@@ -56,6 +57,15 @@ void bind_engine(py::module_& m) {
            py::arg("params"), py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("priority") = 0)
       .def("abort_request", &Loop::abort_request, py::arg("request_id"))
       .def("finish_sequence", &Loop::finish_sequence, py::arg("request_id"), py::arg("seq_index"))
+      .def(
+          "set_grammar_backend",
+          [](Loop& loop, uintptr_t xgrammar_compiler, int64_t vocab_size, int32_t compile_threads,
+             double compile_timeout_s, int32_t fill_threads) {
+            auto backend = make_xgrammar_backend(reinterpret_cast<void*>(xgrammar_compiler), vocab_size, fill_threads);
+            loop.set_grammar_backend(std::move(backend), compile_threads, compile_timeout_s);
+          },
+          py::arg("xgrammar_compiler"), py::arg("vocab_size"), py::arg("compile_threads"), py::arg("compile_timeout_s"),
+          py::arg("fill_threads"), py::call_guard<py::gil_scoped_release>())
       .def("start", &Loop::start)
       .def("stop", &Loop::stop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("running", &Loop::running)

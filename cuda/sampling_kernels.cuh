@@ -2,6 +2,8 @@
 // divide by their temperature on the fly, find the kept-logit floor of min_p, top_k and top_p with
 // radix selects over the row (no sort), and draw by Gumbel-max with the same counter-based noise as
 // the CPU sampler (cpp/src/sampling/counter_rng.h): from the same logits both draw the same token.
+// A row with a structured-output bitmask reads the tokens it does not allow as -inf, fused into every
+// pass over the row (no masked copy of the logits is written).
 #pragma once
 #include <cfloat>
 #include <climits>
@@ -15,6 +17,19 @@ namespace fastpage::cuda {
 
 constexpr int kSampleThreads = 512;
 constexpr unsigned kFullMask = 0xffffffffu;
+
+// A row's logits as the kernel sees them: token i is -inf when the row's bitmask (if any) clears bit i.
+struct MaskedRow {
+  const float* logits;
+  const int32_t* bitmask;  // null: every token allowed
+
+  __device__ __forceinline__ float operator[](int i) const {
+    if (bitmask != nullptr && ((static_cast<uint32_t>(__ldg(bitmask + (i >> 5))) >> (i & 31)) & 1u) == 0u) {
+      return -INFINITY;
+    }
+    return logits[i];
+  }
+};
 
 struct ArgMax {
   float value;
@@ -67,7 +82,7 @@ __device__ __forceinline__ double block_sum_double(double x) {
 // each; each warp adds its lanes' weights per distinct byte before one shared-memory atomic.
 // Returns -inf when the weights never reach the target (rounding at top_p ~ 1: keep everything).
 template <typename Weight>
-__device__ float select_floor(const float* row, int vocab, float temperature, Weight weight, double target) {
+__device__ float select_floor(const MaskedRow& row, int vocab, float temperature, Weight weight, double target) {
   __shared__ double histogram[256];
   __shared__ uint32_t chosen_digit;
   __shared__ double chosen_above;
@@ -130,13 +145,16 @@ __device__ float select_floor(const float* row, int vocab, float temperature, We
 }
 
 // logits [rows, vocab] float32, processed; per-row parameters as in fastpage::ops::sample_tokens.
+// bitmask [*, words] int32 and bitmask_index [rows] (-1: no mask) are null when no row has a mask.
 __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(
     int64_t* __restrict__ tokens, const float* __restrict__ logits, int vocab,
     const float* __restrict__ temperatures, const int64_t* __restrict__ top_ks,
     const float* __restrict__ top_ps, const float* __restrict__ min_ps, const int64_t* __restrict__ seeds,
-    const int64_t* __restrict__ positions) {
+    const int64_t* __restrict__ positions, const int32_t* __restrict__ bitmask,
+    const int64_t* __restrict__ bitmask_index, int bitmask_words) {
   const int64_t r = blockIdx.x;
-  const float* row = logits + r * vocab;
+  const int64_t mask_row = bitmask_index != nullptr ? bitmask_index[r] : -1;
+  const MaskedRow row{logits + r * vocab, mask_row >= 0 ? bitmask + mask_row * bitmask_words : nullptr};
   const float raw_temperature = temperatures[r];
   const bool greedy = raw_temperature <= 0.0f;
   const float temperature = greedy ? 1.0f : raw_temperature;

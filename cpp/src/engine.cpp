@@ -3,6 +3,7 @@
 #include <ATen/ops/index_select.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -87,10 +88,22 @@ void Engine::validate_request(const std::vector<int32_t>& prompt_token_ids, cons
   scheduler_->validate_request(prompt_token_ids, params);
 }
 
+void Engine::set_grammar_backend(std::shared_ptr<GrammarBackend> backend) {
+  if (backend && backend->vocab_size() != model_config_.vocab_size) {
+    throw std::invalid_argument("the grammar backend's vocabulary (" + std::to_string(backend->vocab_size()) +
+                                " tokens) is not the model's (" + std::to_string(model_config_.vocab_size) + ")");
+  }
+  grammar_backend_ = std::move(backend);
+}
+
 RequestHandle Engine::add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                                   const SamplingParams& params, std::vector<int32_t> eos_token_ids,
-                                  int32_t priority, RequestHandle handle) {
+                                  int32_t priority, RequestHandle handle,
+                                  std::shared_ptr<const CompiledGrammar> grammar) {
   validate_request(prompt_token_ids, params);
+  if (params.structured_output.active() && (!grammar || !grammar_backend_)) {
+    throw std::invalid_argument("structured_output: the request needs a grammar compiled by the engine's backend");
+  }
   SamplingParams resolved = params;
   if (!resolved.seed) {
     // Unseeded requests still get a fixed stream, so a run is reproducible from the engine seed.
@@ -101,12 +114,13 @@ RequestHandle Engine::add_request(const std::string& request_id, std::vector<int
   scheduler_->add_request(request_id, std::move(prompt_token_ids), resolved, std::move(eos_token_ids), priority,
                           handle);
   if (params.prompt_logprobs) prompt_logprobs_[handle] = {};
+  if (params.structured_output.active()) request_grammars_[handle] = std::move(grammar);
   return handle;
 }
 
 bool Engine::abort_request(const std::string& request_id) {
   const Request* request = scheduler_->find_request(request_id);
-  if (request) forget_request(request->handle);
+  if (request) forget_request(*request);
   return scheduler_->abort_request(request_id);
 }
 
@@ -117,10 +131,14 @@ void Engine::finish_sequence(const std::string& request_id, int32_t seq_index) {
     const Sequence& seq = scheduler_->sequence(seq_id);
     if (seq.index == seq_index && !seq.finished()) scheduler_->finish_sequence(seq_id, FinishReason::Stop);
   }
-  if (all_finished(*request)) forget_request(request->handle);
+  if (all_finished(*request)) forget_request(*request);
 }
 
-void Engine::forget_request(RequestHandle handle) { prompt_logprobs_.erase(handle); }
+void Engine::forget_request(const Request& request) {
+  prompt_logprobs_.erase(request.handle);
+  if (request_grammars_.erase(request.handle) == 0) return;
+  for (int64_t seq_id : request.seq_ids) sequence_grammars_.erase(seq_id);
+}
 
 bool Engine::has_unfinished() const { return scheduler_->has_unfinished(); }
 
@@ -243,6 +261,7 @@ bool Engine::launch_sample(const at::Tensor& logits, const std::vector<ToSample>
     rows.push_back(row);
     complete_now = complete_now || wants_logprobs(req.params);
   }
+  if (!request_grammars_.empty()) fill_token_bitmasks(to_sample, rows);
   InFlightStep step;
   {
     RECORD_USER_SCOPE("fastpage::sample");
@@ -257,6 +276,54 @@ bool Engine::launch_sample(const at::Tensor& logits, const std::vector<ToSample>
   }
   in_flight_ = std::move(step);
   return complete_now;
+}
+
+void Engine::fill_token_bitmasks(const std::vector<ToSample>& to_sample, std::vector<SamplingRow>& rows) {
+  RECORD_USER_SCOPE("fastpage::grammar_bitmask");
+  std::vector<GrammarMatcher*> matchers;
+  std::vector<size_t> masked_rows;
+  for (size_t r = 0; r < to_sample.size(); ++r) {
+    auto grammar = request_grammars_.find(to_sample[r].request->handle);
+    if (grammar == request_grammars_.end()) continue;
+    auto [entry, created] = sequence_grammars_.try_emplace(to_sample[r].seq_id);
+    if (created) {
+      entry->second.matcher = grammar->second->new_matcher();
+      entry->second.enforcing = to_sample[r].request->params.structured_output.start_after.empty();
+    }
+    if (!entry->second.enforcing) continue;
+    matchers.push_back(entry->second.matcher.get());
+    masked_rows.push_back(r);
+  }
+  if (matchers.empty()) return;
+  const int64_t words = grammar_backend_->words_per_row();
+  bitmask_.resize(matchers.size() * words);
+  grammar_backend_->fill_bitmasks(matchers, bitmask_.data());
+  for (size_t i = 0; i < masked_rows.size(); ++i) rows[masked_rows[i]].token_bitmask = bitmask_.data() + i * words;
+}
+
+void Engine::advance_grammar(int64_t seq_id, int32_t token, FilledToken& filled) {
+  auto entry = sequence_grammars_.find(seq_id);
+  if (entry == sequence_grammars_.end()) return;
+  SequenceGrammar& grammar = entry->second;
+  if (!grammar.enforcing) {
+    // The grammar starts after the output ends with start_after (this token included).
+    const std::vector<int32_t>& marker = filled.request->params.structured_output.start_after;
+    const std::vector<int32_t>& tokens = filled.seq->token_ids;
+    const size_t num_output = tokens.size() - filled.seq->num_prompt_tokens;
+    grammar.enforcing = num_output >= marker.size() && std::equal(marker.rbegin(), marker.rend(), tokens.rbegin());
+    return;
+  }
+  if (filled.finish_reason == FinishReason::None) {
+    if (!grammar.matcher->accept(token)) {
+      filled.finish_reason = FinishReason::Abort;
+    } else if (grammar.matcher->terminated()) {
+      filled.finish_reason = FinishReason::Stop;  // complete, and its stop token came (ignore_eos)
+    } else {
+      return;
+    }
+    scheduler_->finish_sequence(seq_id, filled.finish_reason);
+  }
+  sequence_grammars_.erase(entry);
 }
 
 DeferredInputIds Engine::deferred_inputs(const StepPlan& plan) const {
@@ -295,6 +362,11 @@ std::vector<StepOutput> Engine::complete_in_flight() {
       tokens[r] = SampledToken{step.seq_ids[r], sampled.tokens[r], sampled.logprobs[r].logprob};
     }
     filled = scheduler_->fill(tokens);
+    if (!sequence_grammars_.empty()) {
+      for (size_t r = 0; r < num_rows; ++r) {
+        if (filled[r].seq) advance_grammar(step.seq_ids[r], sampled.tokens[r], filled[r]);
+      }
+    }
   }
   std::vector<StepOutput> outputs;
   {
@@ -323,7 +395,7 @@ std::vector<StepOutput> Engine::complete_in_flight() {
   num_generation_tokens_ += static_cast<int64_t>(outputs.size());
   for (size_t r = 0; r < num_rows; ++r) {
     if (filled[r].finish_reason != FinishReason::None && all_finished(*filled[r].request)) {
-      forget_request(filled[r].request->handle);
+      forget_request(*filled[r].request);
     }
   }
   return outputs;

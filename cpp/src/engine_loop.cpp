@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <variant>
 
+#include "structured/grammar_compile_queue.h"
+
 #ifdef __linux__
 #include <pthread.h>
 #endif
@@ -38,6 +40,7 @@ struct EngineLoop::Command {
     SamplingParams params;
     std::vector<int32_t> eos_token_ids;
     int32_t priority;
+    std::shared_ptr<const CompiledGrammar> grammar;  // structured outputs
   };
   struct Abort {
     std::string request_id;
@@ -58,20 +61,74 @@ EngineLoop::EngineLoop(std::unique_ptr<Engine> engine) : engine_(std::move(engin
   stats_ = engine_->stats();
 }
 
-EngineLoop::~EngineLoop() { stop(); }
+EngineLoop::~EngineLoop() {
+  stop();
+  compile_queue_.reset();  // its workers end first: they call back into this loop
+}
+
+void EngineLoop::set_grammar_backend(std::shared_ptr<GrammarBackend> backend, int32_t compile_threads,
+                                     double compile_timeout_s) {
+  if (compile_queue_) throw std::logic_error("EngineLoop::set_grammar_backend: the backend is set already");
+  run_between_steps([&](Engine& engine) { engine.set_grammar_backend(backend); });
+  compile_queue_ = std::make_unique<GrammarCompileQueue>(
+      std::move(backend), compile_threads, compile_timeout_s,
+      [this](int64_t job, std::shared_ptr<const CompiledGrammar> grammar, const std::string& error) {
+        grammar_done(job, std::move(grammar), error);
+      });
+}
 
 void EngineLoop::add_request(RequestHandle handle, const std::string& request_id,
                              std::vector<int32_t> prompt_token_ids, const SamplingParams& params,
                              std::vector<int32_t> eos_token_ids, int32_t priority) {
   engine_->validate_request(prompt_token_ids, params);
-  std::lock_guard lock(commands_mutex_);
-  if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed: " + failure_);
-  commands_.push_back(
-      {Command::Add{handle, request_id, std::move(prompt_token_ids), params, std::move(eos_token_ids), priority}});
-  work_ready_.notify_one();
+  const bool structured = params.structured_output.active();
+  if (structured && !compile_queue_) {
+    throw std::invalid_argument("structured_output: this engine has no grammar backend");
+  }
+  Command add{Command::Add{handle, request_id, std::move(prompt_token_ids), params, std::move(eos_token_ids),
+                           priority, nullptr}};
+  {
+    std::lock_guard lock(commands_mutex_);
+    if (!failure_.empty()) throw std::runtime_error("fastpage: the engine failed: " + failure_);
+    if (!structured) {
+      commands_.push_back(std::move(add));
+      work_ready_.notify_one();
+      return;
+    }
+    if (!compiling_.emplace(handle, std::move(add)).second) {
+      throw std::invalid_argument("request handle " + std::to_string(handle) + " is in use");
+    }
+  }
+  compile_queue_->submit(handle, params.structured_output);
 }
 
-void EngineLoop::abort_request(const std::string& request_id) { submit({Command::Abort{request_id}}); }
+void EngineLoop::grammar_done(RequestHandle handle, std::shared_ptr<const CompiledGrammar> grammar,
+                              const std::string& error) {
+  {
+    std::lock_guard lock(commands_mutex_);
+    auto waiting = compiling_.find(handle);
+    if (waiting == compiling_.end()) return;  // aborted while it compiled
+    Command command = std::move(waiting->second);
+    compiling_.erase(waiting);
+    if (grammar && failure_.empty()) {
+      std::get<Command::Add>(command.body).grammar = std::move(grammar);
+      commands_.push_back(std::move(command));
+      work_ready_.notify_one();
+      return;
+    }
+  }
+  reject(handle, grammar ? "fastpage: the engine failed: " + failure_ : error);
+}
+
+void EngineLoop::abort_request(const std::string& request_id) {
+  {
+    std::lock_guard lock(commands_mutex_);
+    std::erase_if(compiling_, [&](const auto& entry) {
+      return std::get<Command::Add>(entry.second.body).request_id == request_id;
+    });
+  }
+  submit({Command::Abort{request_id}});
+}
 
 void EngineLoop::finish_sequence(const std::string& request_id, int32_t seq_index) {
   submit({Command::Finish{request_id, seq_index}});
@@ -204,7 +261,7 @@ void EngineLoop::apply(Command& command) {
   if (auto* add = std::get_if<Command::Add>(&command.body)) {
     try {
       engine_->add_request(add->request_id, std::move(add->prompt_token_ids), add->params,
-                           std::move(add->eos_token_ids), add->priority, add->handle);
+                           std::move(add->eos_token_ids), add->priority, add->handle, std::move(add->grammar));
     } catch (const std::invalid_argument& e) {
       reject(add->handle, e.what());  // a request_id still in use: validated otherwise
     }
@@ -324,7 +381,7 @@ StepBatch EngineLoop::take(double timeout_s) {
 bool EngineLoop::has_unfinished() const {
   std::lock_guard lock(commands_mutex_);
   // Not started, the caller owns the engine: ask it (engine_busy_ may predate an abort since).
-  return !commands_.empty() || (running() ? engine_busy_ : engine_->has_unfinished());
+  return !commands_.empty() || !compiling_.empty() || (running() ? engine_busy_ : engine_->has_unfinished());
 }
 
 EngineStats EngineLoop::stats() const {

@@ -102,7 +102,7 @@ void sample_processed(const at::Tensor& logits, const std::vector<SamplingRow>& 
 }  // namespace
 
 bool wants_logprobs(const SamplingParams& params) {
-  return params.logprobs.has_value() || params.best_of > params.n || params.beam_width > 0;
+  return params.logprobs.has_value() || params.best_of > params.n;
 }
 
 PendingSample PendingSample::completed(SampleResult result, at::Tensor tokens) {

@@ -48,8 +48,13 @@ class EngineArgs:
     # node k > 0 runs ranks k * world / nnodes onwards as workers only (vLLM's --nnodes/--node-rank).
     nnodes: int = 1
     node_rank: int = 0
+    # Structured outputs (vLLM's --structured-outputs-config, JSON): backend, defaults and limits.
+    structured_outputs_config: str | dict | None = None
 
     def __post_init__(self) -> None:
+        from fastpage.structured_output import StructuredOutputsConfig
+
+        StructuredOutputsConfig.from_json(self.structured_outputs_config)  # ValueError naming the field
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs", "block_size"):
@@ -212,6 +217,9 @@ class EngineArgs:
                             help="overlap the host's turn with the GPU step: outputs come one step later "
                                  "(default: on for CUDA with one rank)")
         parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+        parser.add_argument("--structured-outputs-config", default=None,
+                            help='JSON, e.g. \'{"backend": "xgrammar", "disable_any_whitespace": false, '
+                                 '"compile_timeout_s": 30}\' (backend: auto or xgrammar)')
         return parser
 
     @classmethod

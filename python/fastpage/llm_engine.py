@@ -18,6 +18,7 @@ from fastpage.output_processor import OutputProcessor
 from fastpage.outputs import RequestOutput
 from fastpage.request_state import RequestState
 from fastpage.sampling_params import SamplingParams
+from fastpage.structured_output import StructuredOutputsConfig
 from fastpage.tokenizer import Tokenizer, load_tokenizer
 
 Prompt = str | list[int] | dict[str, Any]
@@ -31,7 +32,8 @@ class LLMEngine:
     def __init__(self, engine, tokenizer: Tokenizer, model_config, max_model_len: int, model_name: str,
                  max_logprobs: int = 20, max_num_seqs: int | None = None,
                  generation_defaults: dict[str, Any] | None = None, parallel_runtime=None,
-                 tokenizer_source: str | None = None):
+                 tokenizer_source: str | None = None,
+                 structured_outputs_config: StructuredOutputsConfig | None = None):
         self.engine = engine  # fastpage._C.EngineLoop, or server.remote_loop.RemoteLoop in an API server
         # fastpage.distributed.launcher.ParallelRuntime when tensor/pipeline parallel: the workers.
         self.parallel_runtime = parallel_runtime
@@ -43,6 +45,10 @@ class LLMEngine:
         self.max_logprobs = max_logprobs
         self.max_num_seqs = max_num_seqs
         self.generation_defaults = dict(generation_defaults or {})
+        self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
+        # A reasoning model's end-of-thinking marker in token ids (the server's --reasoning-parser):
+        # a structured output is enforced after it.
+        self.reasoning_end_token_ids: list[int] = []
         self._handles = itertools.count()
         # Through self, not a bound method of the loop: shutdown() must be able to drop the last reference.
         self.processor = OutputProcessor(self._finish_sequence)
@@ -51,6 +57,7 @@ class LLMEngine:
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         from fastpage import _C
         from fastpage.model_loader import load_model
+        from fastpage.structured_output import attach_xgrammar
 
         if args.node_rank != 0:
             raise ValueError(f"node_rank {args.node_rank}: the engine runs on node 0; the other nodes run "
@@ -83,6 +90,8 @@ class LLMEngine:
             if parallel is not None:
                 config.parallel = parallel
             engine = _C.EngineLoop(loaded.model_config, config, loaded.weights, device, dtype)
+            structured_outputs_config = StructuredOutputsConfig.from_json(args.structured_outputs_config)
+            attach_xgrammar(engine, tokenizer, loaded.model_config.vocab_size, structured_outputs_config)
         except BaseException:
             if runtime is not None:
                 runtime.fail("rank 0 failed to start")
@@ -91,7 +100,7 @@ class LLMEngine:
         return cls(engine, tokenizer, loaded.model_config, max_model_len, model_name=model,
                    max_logprobs=args.max_logprobs, max_num_seqs=args.max_num_seqs,
                    generation_defaults=loaded.generation_defaults, parallel_runtime=runtime,
-                   tokenizer_source=tokenizer_source)
+                   tokenizer_source=tokenizer_source, structured_outputs_config=structured_outputs_config)
 
     def check_health(self) -> None:
         """RuntimeError when the engine cannot serve: a tensor/pipeline parallel worker died or a
@@ -145,7 +154,8 @@ class LLMEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{num_prompt + max_tokens} tokens ({num_prompt} in the prompt, {max_tokens} in the "
                 f"completion). Please reduce the length of the prompt or completion.")
-        c_params = params.to_c_params(max_tokens, params.bad_words_token_ids(self.tokenizer))
+        c_params = params.to_c_params(max_tokens, params.bad_words_token_ids(self.tokenizer),
+                                      self._structured_output(params, prompt_token_ids))
         # Registered before the loop can run it, so no output of it can arrive unclaimed.
         handle = next(self._handles)
         state = RequestState(request_id, prompt_text, prompt_token_ids, params, self.tokenizer, collector)
@@ -156,6 +166,20 @@ class LLMEngine:
         except BaseException:
             self.processor.remove(request_id)
             raise
+
+    def _structured_output(self, params: SamplingParams, prompt_token_ids: list[int]):
+        """The C++ StructuredOutput of params.structured_outputs (checked: ValueError), or None."""
+        if params.structured_outputs is None:
+            return None
+        from fastpage import structured_output
+
+        any_whitespace = self.structured_outputs_config.any_whitespace(params.structured_outputs)
+        structured_output.check(params.structured_outputs, any_whitespace)
+        end = self.reasoning_end_token_ids
+        # With a reasoning parser the grammar starts after the thinking, unless the prompt ended it
+        # already (a template that closes the thinking when it is switched off).
+        reasoning = bool(end) and not _prompt_closes_thinking(prompt_token_ids, end)
+        return structured_output.to_c(params.structured_outputs, any_whitespace, end if reasoning else None)
 
     def tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -251,3 +275,10 @@ class LLMEngine:
 
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
+
+
+def _prompt_closes_thinking(prompt_token_ids: list[int], marker: list[int]) -> bool:
+    """The end-of-thinking marker is among the prompt's last tokens: the chat template closed the
+    thinking itself (thinking switched off), so the reply is the answer from its first token."""
+    tail = prompt_token_ids[-(len(marker) + 16):]
+    return any(tail[i:i + len(marker)] == marker for i in range(len(tail) - len(marker) + 1))

@@ -25,6 +25,69 @@ LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range; larger values are clamped, as in vLL
 MAX_SEED = 2**64  # the C++ engine keeps seeds as uint64; negative seeds wrap around
 
 
+MAX_GRAMMAR_CHARS = 256 * 1024  # a schema, regex or grammar; compile time grows with it
+MAX_CHOICES = 1024
+
+
+@dataclasses.dataclass
+class StructuredOutputsParams:
+    """The output must follow exactly one of: a JSON schema (`json`, a dict or its JSON text), any JSON
+    object (`json_object=True`), a regular expression (`regex`), one of given strings (`choice`), an
+    EBNF grammar with a `root` rule (`grammar`, xgrammar's / llama.cpp's GBNF dialect) or a structural
+    tag (`structural_tag`, JSON text). vLLM's names. Enforced while sampling, at any temperature."""
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    # JSON: only single spaces where the schema's layout has whitespace (no free-form whitespace).
+    disable_any_whitespace: bool = False
+    # Objects hold only the listed properties unless the schema allows more (xgrammar's strict mode,
+    # vLLM's behaviour either way); accepted for vLLM compatibility.
+    disable_additional_properties: bool = False
+    # One backend (xgrammar) and no fallback between backends: accepted for vLLM compatibility.
+    disable_fallback: bool = False
+    whitespace_pattern: str | None = None  # not supported by xgrammar: an error when set
+
+    CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def __post_init__(self) -> None:
+        given = [name for name in self.CONSTRAINTS if getattr(self, name) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError("structured_outputs: give exactly one of json, regex, choice, grammar, json_object "
+                             f"or structural_tag; got {given or 'none'}.")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise ValueError(f"structured_outputs.json must be a JSON schema (dict or JSON text), got "
+                             f"{type(self.json).__name__}.")
+        for name in ("regex", "grammar", "structural_tag"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string, got {value!r}.")
+        if self.choice is not None:
+            if (not isinstance(self.choice, (list, tuple)) or not self.choice or len(self.choice) > MAX_CHOICES
+                    or not all(isinstance(c, str) and c for c in self.choice)):
+                raise ValueError("structured_outputs.choice must be a list of 1 to "
+                                 f"{MAX_CHOICES} non-empty strings, got {self.choice!r}.")
+            self.choice = list(self.choice)
+        if self.json_object is not None and not isinstance(self.json_object, bool):
+            raise ValueError(f"structured_outputs.json_object must be a bool, got {self.json_object!r}.")
+        for name in ("disable_any_whitespace", "disable_additional_properties", "disable_fallback"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"structured_outputs.{name} must be a bool, got {getattr(self, name)!r}.")
+        if self.whitespace_pattern is not None:
+            raise ValueError("structured_outputs.whitespace_pattern is not supported by the xgrammar backend; "
+                             "use disable_any_whitespace.")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in self.CONSTRAINTS if getattr(self, name) not in (None, False))
+
+
+# vLLM's earlier name (SamplingParams(guided_decoding=GuidedDecodingParams(...))).
+GuidedDecodingParams = StructuredOutputsParams
+
+
 class RequestOutputKind(enum.Enum):
     """When and what LLMEngine.step reports of a request (vLLM's names and values)."""
     CUMULATIVE = 0  # every step it progressed in, with everything generated so far
@@ -59,8 +122,16 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: StructuredOutputsParams | None = None  # vLLM's earlier name for structured_outputs
 
     def __post_init__(self) -> None:
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise ValueError("guided_decoding is the older name of structured_outputs: give one of them.")
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         if self.best_of is None:
             self.best_of = self.n
         if self.stop is None:
@@ -130,6 +201,9 @@ class SamplingParams:
                 raise ValueError("allowed_token_ids must not be empty when given.")
             for token_id in self.allowed_token_ids:
                 _check_int("allowed_token_ids", token_id, minimum=0)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError("structured_outputs must be a StructuredOutputsParams, got "
+                             f"{type(self.structured_outputs).__name__}.")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}.")
         for name in ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
@@ -167,9 +241,10 @@ class SamplingParams:
                     sequences.append(token_ids)
         return sequences
 
-    def to_c_params(self, max_tokens: int, bad_words_token_ids: list[list[int]] | None = None
-                    ) -> _C.CSamplingParams:
-        """The C++ engine's view; `max_tokens` is the effective limit (None resolved by the caller)."""
+    def to_c_params(self, max_tokens: int, bad_words_token_ids: list[list[int]] | None = None,
+                    structured_output: _C.StructuredOutput | None = None) -> _C.CSamplingParams:
+        """The C++ engine's view; `max_tokens` is the effective limit (None resolved by the caller),
+        `structured_output` the grammar of structured_outputs (fastpage.structured_output.to_c)."""
         from fastpage import _C
 
         params = _C.CSamplingParams()
@@ -192,6 +267,8 @@ class SamplingParams:
         params.prompt_logprobs = self.prompt_logprobs
         params.logit_bias = dict(self.logit_bias or {})
         params.allowed_token_ids = list(self.allowed_token_ids or [])
+        if structured_output is not None:
+            params.structured_output = structured_output
         return params
 
 

@@ -14,6 +14,7 @@
 #include "fastpage/sampler.h"
 #include "fastpage/sampling_params.h"
 #include "fastpage/scheduler.h"
+#include "fastpage/structured_output.h"
 
 namespace fastpage {
 
@@ -70,10 +71,14 @@ class Engine {
   // configuration: safe from any thread, so EngineLoop checks a request before queueing it.
   void validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const;
   // validate_request's checks, and a request_id in use. `handle` is echoed in the outputs; -1 lets
-  // the engine number the request. Returns the handle.
+  // the engine number the request. A request with params.structured_output comes with its grammar,
+  // compiled by the grammar backend (EngineLoop compiles it off the loop). Returns the handle.
   RequestHandle add_request(const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                             const SamplingParams& params, std::vector<int32_t> eos_token_ids = {},
-                            int32_t priority = 0, RequestHandle handle = -1);
+                            int32_t priority = 0, RequestHandle handle = -1,
+                            std::shared_ptr<const CompiledGrammar> grammar = nullptr);
+  // The backend whose matchers fill the structured-output bitmasks; its vocabulary must be the model's.
+  void set_grammar_backend(std::shared_ptr<GrammarBackend> backend);
   bool abort_request(const std::string& request_id);
   // Ends one sequence (a stop string seen by the caller); its blocks come back.
   void finish_sequence(const std::string& request_id, int32_t seq_index);
@@ -114,7 +119,13 @@ class Engine {
   // in this call (no async scheduling, or rows that want logprobs).
   bool launch_sample(const at::Tensor& logits, const std::vector<ToSample>& to_sample);
   bool all_finished(const Request& request) const;
-  void forget_request(RequestHandle handle);
+  void forget_request(const Request& request);
+  // Structured outputs: the bitmasks of the rows whose grammar is enforcing, written to bitmask_ and
+  // pointed to by the rows (the matchers of first-time sequences are made here).
+  void fill_token_bitmasks(const std::vector<ToSample>& to_sample, std::vector<SamplingRow>& rows);
+  // Advances the sequence's grammar by its new token; a token the grammar refuses (every token was
+  // masked, e.g. by min_tokens) aborts the sequence, a terminated grammar stops it.
+  void advance_grammar(int64_t seq_id, int32_t token, FilledToken& filled);
   // The plan's input tokens that are the in-flight step's sampled ids.
   DeferredInputIds deferred_inputs(const StepPlan& plan) const;
   // Waits for the in-flight step's ids, appends them (Scheduler::fill) and returns its outputs.
@@ -145,6 +156,16 @@ class Engine {
     bool done = false;
   };
   std::unordered_map<RequestHandle, PromptLogprobs> prompt_logprobs_;
+  // Structured outputs: each constrained request's grammar, and each of its sequences' matcher, which
+  // enforces once the output holds the request's start_after ids (at once when there are none).
+  struct SequenceGrammar {
+    std::unique_ptr<GrammarMatcher> matcher;
+    bool enforcing = false;
+  };
+  std::shared_ptr<GrammarBackend> grammar_backend_;
+  std::unordered_map<RequestHandle, std::shared_ptr<const CompiledGrammar>> request_grammars_;
+  std::unordered_map<int64_t, SequenceGrammar> sequence_grammars_;
+  std::vector<int32_t> bitmask_;  // [constrained rows, words] of the step being launched
   RequestHandle next_handle_ = 0;
   int64_t num_prompt_tokens_ = 0;
   int64_t num_generation_tokens_ = 0;

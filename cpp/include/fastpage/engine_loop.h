@@ -14,8 +14,11 @@
 #include <vector>
 
 #include "fastpage/engine.h"
+#include "fastpage/structured_output.h"
 
 namespace fastpage {
+
+class GrammarCompileQueue;
 
 // The outputs published since the last take(), struct-of-arrays: one row per sequence that got
 // tokens or finished; the rows of several steps for one sequence are merged into one, in order.
@@ -51,14 +54,20 @@ class EngineLoop {
   ~EngineLoop();  // stops the thread
 
   // From any thread. abort_request and finish_sequence take effect at once while the thread is not
-  // started (the caller owns the engine then), else before the next step. add_request validates at once (std::invalid_argument, as Engine::validate_request);
-  // the request joins the engine before the next step. The handle is the caller's number for the
-  // request (unique among its live requests); outputs carry it. The caller picks it so that it can
-  // be ready for the request's outputs before they can exist.
+  // started (the caller owns the engine then), else before the next step. add_request validates at
+  // once (std::invalid_argument, as Engine::validate_request); the request joins the engine before
+  // the next step, or, with a structured output, once its grammar is compiled (off the loop; a
+  // grammar that fails to compile, or not within the time limit, rejects the request). The handle is
+  // the caller's number for the request (unique among its live requests); outputs carry it. The
+  // caller picks it so that it can be ready for the request's outputs before they can exist.
   void add_request(RequestHandle handle, const std::string& request_id, std::vector<int32_t> prompt_token_ids,
                    const SamplingParams& params, std::vector<int32_t> eos_token_ids = {}, int32_t priority = 0);
   void abort_request(const std::string& request_id);
   void finish_sequence(const std::string& request_id, int32_t seq_index);
+  // Structured outputs: the backend that compiles grammars (on `compile_threads` workers, each
+  // within `compile_timeout_s`) and fills their bitmasks. Call before requests with one arrive.
+  void set_grammar_backend(std::shared_ptr<GrammarBackend> backend, int32_t compile_threads,
+                           double compile_timeout_s);
   // Runs fn on the engine between two steps and waits for it (its exception is rethrown here).
   void run_between_steps(const std::function<void(Engine&)>& fn);
 
@@ -98,6 +107,8 @@ class EngineLoop {
   void publish(std::vector<StepOutput> outputs);
   void publish_failure(const std::string& why);
   void reject(RequestHandle handle, const std::string& why);
+  // A grammar compiled (or not): its request joins the engine, unless it was aborted meanwhile.
+  void grammar_done(RequestHandle handle, std::shared_ptr<const CompiledGrammar> grammar, const std::string& error);
 
   std::unique_ptr<Engine> engine_;
   std::thread thread_;
@@ -105,6 +116,7 @@ class EngineLoop {
   mutable std::mutex commands_mutex_;
   std::condition_variable work_ready_;
   std::vector<Command> commands_;
+  std::unordered_map<RequestHandle, Command> compiling_;  // adds waiting for their grammar
   bool stopping_ = false;
   bool engine_busy_ = false;  // the engine had unfinished work after the last step
   std::string failure_;
@@ -117,6 +129,7 @@ class EngineLoop {
   EngineStats stats_;
 
   std::atomic<double> step_cpu_seconds_{0.0};
+  std::unique_ptr<GrammarCompileQueue> compile_queue_;  // declared last: destroyed first, its callbacks use the rest
 };
 
 }  // namespace fastpage

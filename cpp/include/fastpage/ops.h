@@ -10,6 +10,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include <vector>
 
 namespace fastpage::ops {
@@ -71,10 +73,13 @@ void small_batch_linear_silu_and_mul(const at::Tensor& out, const at::Tensor& x,
 // (cpp/src/sampling/counter_rng.h), so a row's token depends on nothing else in the batch and the
 // CPU and CUDA kernels draw the same token from the same logits. Per-row tensors [rows] on the
 // logits' device: temperature, top_p, min_p float32; top_k, seeds (uint64 bits), positions int64.
-// Returns int64 [rows].
+// Structured outputs: token_bitmask [masks, ceil(vocab / 32)] int32 (bit t % 32 of word t / 32: token t
+// allowed) and bitmask_index [rows] int64, the row's mask or -1 for none; a row draws as if the tokens
+// its mask clears had logit -inf. Returns int64 [rows].
 at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
-                         const at::Tensor& positions);
+                         const at::Tensor& positions, const std::optional<at::Tensor>& token_bitmask = std::nullopt,
+                         const std::optional<at::Tensor>& bitmask_index = std::nullopt);
 
 // Greedy ids: int64 [rows], the first index of each row's maximum in logits [rows, vocab] (float32,
 // bfloat16 or float16, last dim contiguous), as torch.argmax(logits, 1): NaN counts as larger than

@@ -1,11 +1,12 @@
 // Turns logits into tokens: penalties, biases, masks, temperature, top-k/top-p/min-p, seeded draws,
 // and logprobs. Every draw depends only on (seed, position), never on the rest of the batch.
 //
-// Per row, on a float32 copy of its logits (vLLM's order): allowed_token_ids mask, logit_bias,
-// bad_words, min_tokens (bans stop_token_ids, and eos_token_ids unless ignore_eos), repetition
-// penalty (prompt + output), frequency and presence penalties (output). Then greedy rows take the
-// argmax; the others divide by temperature, keep tokens by min_p, top_k and top_p, and draw with the
-// Gumbel-max trick over counter-based noise keyed by (seed, position, token id).
+// Per row, on a float32 copy of its logits (vLLM's order): the structured-output bitmask,
+// allowed_token_ids mask, logit_bias, bad_words, min_tokens (bans stop_token_ids, and eos_token_ids
+// unless ignore_eos), repetition penalty (prompt + output), frequency and presence penalties
+// (output). Then greedy rows take the argmax; the others divide by temperature, keep tokens by min_p,
+// top_k and top_p, and draw with the Gumbel-max trick over counter-based noise keyed by (seed,
+// position, token id).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Event.h>
@@ -26,6 +27,9 @@ struct SamplingRow {
   const std::vector<int32_t>* eos_token_ids = nullptr;  // banned with stop_token_ids before min_tokens
   uint64_t seed = 0;       // the sequence's stream
   int64_t position = 0;    // position of the token being drawn
+  // Structured outputs: the tokens the row's grammar allows next, ceil(vocab / 32) int32 words (bit
+  // t % 32 of word t / 32); null: no grammar. Read at launch only.
+  const int32_t* token_bitmask = nullptr;
 };
 
 struct TokenLogprobs {
@@ -69,7 +73,7 @@ class PendingSample {
 };
 
 // Rows whose sampled token's logprob is computed: asked for (logprobs), or needed by the engine to
-// rank sequences by cumulative logprob (best_of > n, beam search).
+// rank sequences by cumulative logprob (best_of > n).
 bool wants_logprobs(const SamplingParams& params);
 
 class Sampler {

@@ -5,6 +5,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fastpage/structured_output.h"
+
 namespace fastpage {
 
 struct SamplingParams {
@@ -27,9 +29,7 @@ struct SamplingParams {
   std::optional<int32_t> prompt_logprobs;  // same for each prompt token
   std::unordered_map<int32_t, float> logit_bias;
   std::vector<int32_t> allowed_token_ids;  // empty: all allowed
-  // Beam search (LLM.beam_search): beam_width > 0 switches the request to beam search.
-  int32_t beam_width = 0;
-  float length_penalty = 1.0f;
+  StructuredOutput structured_output;       // the grammar the output must follow (kind None: free)
 
   bool greedy() const { return temperature < 1e-5f; }
 };

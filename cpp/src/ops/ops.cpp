@@ -73,9 +73,11 @@ void small_batch_linear_silu_and_mul(T out, T x, T weight) {
   op.call(out, x, weight);
 }
 
-at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions) {
-  static auto op = find_op<at::Tensor(T, T, T, T, T, T, T)>("fastpage::sample_tokens");
-  return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions);
+at::Tensor sample_tokens(T logits, T temperature, T top_k, T top_p, T min_p, T seeds, T positions,
+                         const std::optional<at::Tensor>& token_bitmask, const std::optional<at::Tensor>& bitmask_index) {
+  using OT = const std::optional<at::Tensor>&;
+  static auto op = find_op<at::Tensor(T, T, T, T, T, T, T, OT, OT)>("fastpage::sample_tokens");
+  return op.call(logits, temperature, top_k, top_p, min_p, seeds, positions, token_bitmask, bitmask_index);
 }
 
 at::Tensor argmax_rows(T logits) {

@@ -23,6 +23,6 @@ TORCH_LIBRARY(fastpage, m) {
   m.def("small_batch_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
   m.def("small_batch_linear_silu_and_mul(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
   m.def("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
-        "Tensor seeds, Tensor positions) -> Tensor");
+        "Tensor seeds, Tensor positions, Tensor? token_bitmask=None, Tensor? bitmask_index=None) -> Tensor");
   m.def("argmax_rows(Tensor logits) -> Tensor");
 }

@@ -30,6 +30,9 @@ struct DeviceInputs {
   // sparse edits
   std::vector<int64_t> allowed_rows, allowed_at, bias_at, banned_at, seen_at, output_at;
   std::vector<float> biases;
+  // structured outputs: per row its mask's index in `masks` or -1; the masks, concatenated
+  std::vector<int64_t> bitmask_index;
+  std::vector<int32_t> masks;
   bool any_repetition_penalty = false, any_count_penalty = false;
 
   DeviceInputs(const std::vector<SamplingRow>& rows, int64_t vocab) {
@@ -47,6 +50,13 @@ struct DeviceInputs {
       std::memcpy(&seed_bits, &row.seed, sizeof(seed_bits));
       seeds.push_back(seed_bits);
       positions.push_back(row.position);
+      if (row.token_bitmask != nullptr) {
+        const int64_t words = (vocab + 31) / 32;
+        bitmask_index.push_back(static_cast<int64_t>(masks.size()) / words);
+        masks.insert(masks.end(), row.token_bitmask, row.token_bitmask + words);
+      } else {
+        bitmask_index.push_back(-1);
+      }
 
       if (!p.allowed_token_ids.empty()) {
         allowed_rows.push_back(static_cast<int64_t>(r));
@@ -158,7 +168,8 @@ PendingSample launch_on_device(const at::Tensor& logits, const std::vector<Sampl
   const c10::Device device = logits.device();
   const std::vector<at::Tensor> longs = upload<int64_t>(
       {part(in.logits_rows), part(in.top_ks), part(in.seeds), part(in.positions), part(in.allowed_rows),
-       part(in.allowed_at), part(in.bias_at), part(in.banned_at), part(in.seen_at), part(in.output_at)},
+       part(in.allowed_at), part(in.bias_at), part(in.banned_at), part(in.seen_at), part(in.output_at),
+       part(in.bitmask_index)},
       device);
   const std::vector<at::Tensor> floats = upload<float>(
       {part(in.temperatures), part(in.top_ps), part(in.min_ps), part(in.repetition_penalties),
@@ -167,8 +178,13 @@ PendingSample launch_on_device(const at::Tensor& logits, const std::vector<Sampl
 
   at::Tensor x = logits.index_select(0, longs[0]).to(at::kFloat).contiguous();
   apply_processors(x, in, longs, floats);
+  std::optional<at::Tensor> token_bitmask, bitmask_index;
+  if (!in.masks.empty()) {
+    token_bitmask = upload<int32_t>({part(in.masks)}, device)[0].view({-1, (vocab + 31) / 32});
+    bitmask_index = longs[10];
+  }
   const at::Tensor tokens = ops::sample_tokens(x.contiguous(), floats[0], longs[1], floats[1], floats[2],
-                                                longs[2], longs[3]);
+                                                longs[2], longs[3], token_bitmask, bitmask_index);
   at::Tensor ids = tokens.to(at::kInt);
   const bool any_logprobs =
       std::any_of(rows.begin(), rows.end(), [](const SamplingRow& row) { return wants_logprobs(*row.params); });

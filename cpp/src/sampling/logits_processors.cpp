@@ -111,15 +111,27 @@ void validate_token_ids(const SamplingRow& row, int64_t vocab) {
   }
 }
 
+void apply_token_bitmask(float* logits, int64_t vocab, const int32_t* bitmask) {
+  for (int64_t word = 0; word * 32 < vocab; ++word) {
+    const uint32_t bits = static_cast<uint32_t>(bitmask[word]);
+    if (bits == 0xffffffffu) continue;
+    const int64_t end = std::min<int64_t>(vocab, (word + 1) * 32);
+    for (int64_t token = word * 32; token < end; ++token) {
+      if (((bits >> (token & 31)) & 1u) == 0u) logits[token] = kBanned;
+    }
+  }
+}
+
 bool has_logits_processors(const SamplingRow& row) {
   const SamplingParams& p = *row.params;
-  return !p.allowed_token_ids.empty() || !p.logit_bias.empty() || !p.bad_words.empty() ||
+  return row.token_bitmask != nullptr || !p.allowed_token_ids.empty() || !p.logit_bias.empty() || !p.bad_words.empty() ||
          min_tokens_active(row) || has_penalties(p);
 }
 
 void apply_logits_processors(float* logits, int64_t vocab, const SamplingRow& row,
                              ProcessorScratch& scratch) {
   const SamplingParams& p = *row.params;
+  if (row.token_bitmask != nullptr) apply_token_bitmask(logits, vocab, row.token_bitmask);
   if (!p.allowed_token_ids.empty()) apply_allowed_token_ids(logits, vocab, p.allowed_token_ids, scratch.saved);
   for (const auto& [token, bias] : p.logit_bias) logits[token] += bias;
   scratch.banned.clear();

@@ -17,6 +17,9 @@ bool has_penalties(const SamplingParams& params);
 // tokens end the output so far, and before min_tokens the stop ids (and eos ids unless ignore_eos).
 void append_banned_tokens(const SamplingRow& row, std::vector<int32_t>& banned);
 
+// Sets the logits of the tokens a structured-output bitmask clears (bit t % 32 of word t / 32) to -inf.
+void apply_token_bitmask(float* logits, int64_t vocab, const int32_t* bitmask);
+
 // False when the processors would leave the row unchanged.
 bool has_logits_processors(const SamplingRow& row);
 
@@ -28,8 +31,8 @@ struct ProcessorScratch {
   std::vector<int32_t> banned;
 };
 
-// allowed_token_ids, logit_bias, bans (bad_words, min_tokens), repetition, frequency and presence
-// penalties, in this order (vLLM's).
+// The structured-output bitmask, allowed_token_ids, logit_bias, bans (bad_words, min_tokens),
+// repetition, frequency and presence penalties, in this order (vLLM's).
 void apply_logits_processors(float* logits, int64_t vocab, const SamplingRow& row,
                              ProcessorScratch& scratch);
 

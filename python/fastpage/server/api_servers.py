@@ -95,6 +95,7 @@ def run_api_server(spec: dict) -> None:
     from fastpage.llm_engine import LLMEngine
     from fastpage.parent_watch import exit_when_orphaned
     from fastpage.server.remote_loop import RemoteLoop
+    from fastpage.structured_output import StructuredOutputsConfig
     from fastpage.tokenizer import load_tokenizer
 
     exit_when_orphaned(spec["parent_pid"])  # the engine process is gone: nothing left to serve
@@ -107,7 +108,8 @@ def run_api_server(spec: dict) -> None:
     llm = LLMEngine(loop, tokenizer, types.SimpleNamespace(vocab_size=spec["vocab_size"]), spec["max_model_len"],
                     model_name=spec["model_name"], max_logprobs=spec["max_logprobs"],
                     max_num_seqs=spec["max_num_seqs"], generation_defaults=spec["generation_defaults"],
-                    tokenizer_source=spec["tokenizer_source"])
+                    tokenizer_source=spec["tokenizer_source"],
+                    structured_outputs_config=StructuredOutputsConfig.from_json(args.structured_outputs_config))
     app = build_app_for(args, llm)
     config = uvicorn.Config(app, log_level=args.uvicorn_log_level, timeout_keep_alive=5, loop="uvloop",
                             http="httptools")

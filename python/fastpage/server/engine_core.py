@@ -10,9 +10,8 @@ import threading
 
 import zmq
 
-from fastpage import _C
 from fastpage.llm_engine import ENGINE_STATS_FIELDS
-from fastpage.server.remote_loop import BATCH_FIELDS, pack, unpack
+from fastpage.server.remote_loop import BATCH_FIELDS, c_params_from_fields, pack, unpack
 
 TAKE_TIMEOUT_S = 0.25  # an idle engine still sends this often (the stats, and that it is alive)
 
@@ -61,9 +60,7 @@ def _apply_commands(loop, context, address: str, num_servers: int, connected: li
             kind = message[0]
             if kind == "add":
                 _, server, handle, request_id, prompt_token_ids, fields, eos_token_ids, priority = message
-                params = _C.CSamplingParams()
-                for name, value in fields.items():
-                    setattr(params, name, value)
+                params = c_params_from_fields(fields)
                 try:
                     loop.add_request(handle * num_servers + server, request_id, prompt_token_ids, params,
                                      eos_token_ids, priority)

@@ -46,8 +46,30 @@ class TokenLogprobs(NamedTuple):
 
 
 def c_params_fields(params) -> dict:
-    """The C++ SamplingParams' fields, read from the bound type (no second list of them)."""
-    return {name: getattr(params, name) for name, attr in vars(type(params)).items() if isinstance(attr, property)}
+    """The C++ SamplingParams' fields, read from the bound type (no second list of them); the nested
+    StructuredOutput as a dict of its own fields, its kind by name."""
+    fields = _bound_fields(params)
+    structured = fields.pop("structured_output")
+    fields["structured_output"] = {**_bound_fields(structured), "kind": structured.kind.name}
+    return fields
+
+
+def c_params_from_fields(fields: dict):
+    """c_params_fields' inverse."""
+    from fastpage import _C
+
+    params = _C.CSamplingParams()
+    structured = _C.StructuredOutput()
+    for name, value in fields.pop("structured_output").items():
+        setattr(structured, name, getattr(_C.GrammarKind, value) if name == "kind" else value)
+    for name, value in fields.items():
+        setattr(params, name, value)
+    params.structured_output = structured
+    return params
+
+
+def _bound_fields(obj) -> dict:
+    return {name: getattr(obj, name) for name, attr in vars(type(obj)).items() if isinstance(attr, property)}
 
 
 def pack(message) -> bytes:

@@ -74,7 +74,8 @@ void copy_blocks(at::TensorList caches, const at::Tensor& block_mapping);
 void swap_blocks(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& block_mapping);
 at::Tensor sample_tokens(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seeds,
-                         const at::Tensor& positions);
+                         const at::Tensor& positions, const std::optional<at::Tensor>& token_bitmask,
+                         const std::optional<at::Tensor>& bitmask_index);
 at::Tensor argmax_rows(const at::Tensor& logits);
 
 // Elements of work below which a kernel runs on the calling thread (ATen's at::internal::GRAIN_SIZE).
