@@ -2,10 +2,15 @@
 (string and content-part messages, tools, continue_final_message, template kwargs), and the sandbox
 stops templates from reaching Python internals or mutating their inputs."""
 
+import importlib.resources
+import json
+
 import pytest
 
 from fastpage.chat_template import render_chat
-from fastpage.tokenizer import Tokenizer
+from fastpage.model_loader import default_model
+from fastpage.server.tool_parsers import TOOL_PARSERS
+from fastpage.tokenizer import Tokenizer, load_tokenizer
 from tiny_tokenizer import CHATML_TEMPLATE, byte_level_bpe
 
 TOOLS_TEMPLATE = """{%- if tools %}
@@ -45,6 +50,10 @@ PARTS_TEMPLATE = """{{ bos_token }}{% set ns = namespace(count=0) %}
 {% if add_generation_prompt %}[ASSISTANT]
 {% endif %}"""
 
+# Shipped with fastpage for the default model, whose own template drops `tools`.
+SMOLLM2_TOOLS_TEMPLATE = (importlib.resources.files("fastpage") / "chat_templates"
+                          / default_model.TOOLS_TEMPLATE).read_text(encoding="utf-8")
+
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city — ünïcode ok",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -69,7 +78,7 @@ def hf_render(tokenizer, messages, template, **kwargs):
     return tokenizer.hf.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
 
 
-@pytest.mark.parametrize("template", [CHATML_TEMPLATE, TOOLS_TEMPLATE, PARTS_TEMPLATE])
+@pytest.mark.parametrize("template", [CHATML_TEMPLATE, TOOLS_TEMPLATE, PARTS_TEMPLATE, SMOLLM2_TOOLS_TEMPLATE])
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
 def test_matches_transformers(tokenizer, template, add_generation_prompt):
     for messages in CONVERSATIONS:
@@ -156,3 +165,77 @@ def test_template_errors_are_value_errors(tokenizer):
 def test_sandbox_blocks_attribute_attacks(attack):
     with pytest.raises(ValueError, match="unsafe|not allowed"):
         render_chat([{"role": "user", "content": "hi"}], attack)
+
+
+# --------------------------------------------------------------------- the default model with tools
+
+def test_smollm2_tools_template_renders_tools_calls_and_results():
+    messages = [{"role": "system", "content": "Be brief."}, *CONVERSATIONS[2]]
+    rendered = render_chat(messages, SMOLLM2_TOOLS_TEMPLATE, tools=[WEATHER_TOOL], add_generation_prompt=True)
+    system, user, assistant, tool, generation = rendered.split("<|im_start|>")[1:]
+    # The tools, whole, in the one system prompt (after the conversation's own), and how to call them.
+    assert system.startswith("system\nBe brief.\n\n# Tools")
+    assert json.dumps(WEATHER_TOOL, ensure_ascii=False) in system
+    assert '"name": "get_weather"' in system and '"properties": {"city": {"type": "string"}}' in system
+    assert '<tool_call>\n{"name": <function-name>, "arguments": <arguments-object>}\n</tool_call>' in system
+    assert user == "user\nWeather in Paris?<|im_end|>\n"
+    # The assistant's call in the format it is asked for, which the hermes parser reads back.
+    assert assistant.startswith("assistant\n") and assistant.endswith("<|im_end|>\n")
+    call_text = assistant.removeprefix("assistant\n").removesuffix("<|im_end|>\n")
+    [call] = TOOL_PARSERS["hermes"]().extract_tool_calls(call_text).tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert tool == 'tool\n{"temp": 21}<|im_end|>\n'
+    assert generation == "assistant\n"
+
+
+def test_smollm2_tools_template_writes_text_and_several_calls():
+    messages = [{"role": "user", "content": "Paris and Rome?"},
+                {"role": "assistant", "content": "Both:", "tool_calls": [
+                    {"id": "a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                    {"id": "b", "type": "function",  # arguments as the JSON text the client sent
+                     "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+                ]}]
+    rendered = render_chat(messages, SMOLLM2_TOOLS_TEMPLATE, tools=[WEATHER_TOOL])
+    assert rendered.endswith('<|im_start|>assistant\nBoth:\n<tool_call>\n{"name": "get_weather", "arguments": '
+                             '{"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": '
+                             '{"city": "Rome"}}\n</tool_call><|im_end|>\n')
+    # Without the conversation's own system prompt, the model's default one holds the tools.
+    assert rendered.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                               "Hugging Face\n\n# Tools\n")
+
+
+@pytest.fixture(scope="module")
+def default_model_path():
+    try:
+        return default_model.default_model_path()
+    except ValueError as error:
+        pytest.skip(str(error))
+
+
+def test_default_model_uses_the_tools_template_only_for_requests_with_tools(default_model_path):
+    from fastpage.model_loader.gguf import load_gguf_tokenizer
+
+    own = load_gguf_tokenizer(default_model_path)  # the file's own template, through transformers
+    tokenizer = load_tokenizer(default_model_path)
+    assert tokenizer.chat_template == {"default": own.chat_template, "tool_use": SMOLLM2_TOOLS_TEMPLATE}
+    for messages in CONVERSATIONS[:2]:
+        for add_generation_prompt in (False, True):
+            without_tools = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+            assert without_tools == own.apply_chat_template(messages, tokenize=False,
+                                                            add_generation_prompt=add_generation_prompt)
+            # The tools template itself renders a conversation without tools as the model's own does.
+            assert without_tools == render_chat(messages, SMOLLM2_TOOLS_TEMPLATE,
+                                                add_generation_prompt=add_generation_prompt)
+    with_tools = tokenizer.apply_chat_template(CONVERSATIONS[0], tools=[WEATHER_TOOL], add_generation_prompt=True)
+    assert with_tools == render_chat(CONVERSATIONS[0], SMOLLM2_TOOLS_TEMPLATE, tools=[WEATHER_TOOL],
+                                     add_generation_prompt=True)
+    assert "get_weather" in with_tools and '"required": ["city"]' in with_tools
+    # A template given with the request (or --chat-template) still wins.
+    assert tokenizer.apply_chat_template(CONVERSATIONS[0], chat_template=CHATML_TEMPLATE,
+                                         tools=[WEATHER_TOOL]) == render_chat(CONVERSATIONS[0], CHATML_TEMPLATE)
+
+
+def test_other_models_keep_their_template(tmp_path):
+    assert default_model.with_tools_template(str(tmp_path / "other.gguf"), CHATML_TEMPLATE) == CHATML_TEMPLATE
+    assert default_model.with_tools_template(str(tmp_path), None) is None

@@ -192,3 +192,26 @@ def test_sample_tokens_applies_the_bitmask_like_masked_logits():
     for r, mask_row in enumerate(index.tolist()):
         if mask_row >= 0:
             assert allowed[masked_rows[mask_row], with_mask[r]]
+
+
+def test_with_a_reasoning_marker_the_grammar_starts_after_it(llm):
+    # A stand-in for "</think>" that this model writes on its own: the first ".". Before it the reply
+    # is free (the same as unconstrained), after it the grammar holds.
+    engine = llm.llm_engine
+    marker = engine.tokenizer.encode(".", add_special_tokens=False)
+    prompt = "The capital of France is"
+    [free] = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=40), use_tqdm=False)
+    assert "." in free.outputs[0].text
+    engine.reasoning_end_token_ids = marker
+    try:
+        constrained = SamplingParams(temperature=0, max_tokens=60, structured_outputs=StructuredOutputsParams(
+            regex="[0-9]{3}"))
+        [out] = llm.generate([prompt], constrained, use_tqdm=False)
+        # The prompt already ends the "thinking": the grammar holds from the first token.
+        [closed] = llm.generate([prompt + "."], constrained, use_tqdm=False)
+    finally:
+        engine.reasoning_end_token_ids = []
+    thinking, _, answer = out.outputs[0].text.partition(".")
+    assert free.outputs[0].text.startswith(thinking + ".")
+    assert re.fullmatch("[0-9]{3}", answer), out.outputs[0].text
+    assert re.fullmatch("[0-9]{3}", closed.outputs[0].text), closed.outputs[0].text

@@ -313,16 +313,14 @@ void Engine::advance_grammar(int64_t seq_id, int32_t token, FilledToken& filled)
     grammar.enforcing = num_output >= marker.size() && std::equal(marker.rbegin(), marker.rend(), tokens.rbegin());
     return;
   }
-  if (filled.finish_reason == FinishReason::None) {
-    if (!grammar.matcher->accept(token)) {
-      filled.finish_reason = FinishReason::Abort;
-    } else if (grammar.matcher->terminated()) {
-      filled.finish_reason = FinishReason::Stop;  // complete, and its stop token came (ignore_eos)
-    } else {
-      return;
-    }
+  if (filled.finish_reason == FinishReason::None && !grammar.matcher->accept(token)) {
+    filled.finish_reason = FinishReason::Abort;  // every token was masked (e.g. min_tokens banned the end)
     scheduler_->finish_sequence(seq_id, filled.finish_reason);
+  } else if (filled.finish_reason == FinishReason::None && !grammar.matcher->terminated()) {
+    return;
   }
+  // Done with the grammar: finished, or complete with its stop token ignored (ignore_eos), after
+  // which the output goes on unconstrained, as in vLLM.
   sequence_grammars_.erase(entry);
 }
 
@@ -363,6 +361,7 @@ std::vector<StepOutput> Engine::complete_in_flight() {
     }
     filled = scheduler_->fill(tokens);
     if (!sequence_grammars_.empty()) {
+      RECORD_USER_SCOPE("fastpage::grammar_accept");
       for (size_t r = 0; r < num_rows; ++r) {
         if (filled[r].seq) advance_grammar(step.seq_ids[r], sampled.tokens[r], filled[r]);
       }

@@ -175,11 +175,21 @@ class LLMEngine:
 
         any_whitespace = self.structured_outputs_config.any_whitespace(params.structured_outputs)
         structured_output.check(params.structured_outputs, any_whitespace)
-        end = self.reasoning_end_token_ids
         # With a reasoning parser the grammar starts after the thinking, unless the prompt ended it
         # already (a template that closes the thinking when it is switched off).
-        reasoning = bool(end) and not _prompt_closes_thinking(prompt_token_ids, end)
-        return structured_output.to_c(params.structured_outputs, any_whitespace, end if reasoning else None)
+        reasoning = bool(self.reasoning_end_token_ids) and not self._prompt_closes_thinking(prompt_token_ids)
+        return structured_output.to_c(params.structured_outputs, any_whitespace,
+                                      self.reasoning_end_token_ids if reasoning else None)
+
+    def _prompt_closes_thinking(self, prompt_token_ids: list[int]) -> bool:
+        """The prompt ends with the end-of-thinking marker and whitespace (vLLM's
+        prompt_is_reasoning_end): the reply is the answer from its first token."""
+        marker = self.reasoning_end_token_ids
+        tail = prompt_token_ids[-(len(marker) + 8):]
+        for start in range(len(tail) - len(marker), -1, -1):
+            if tail[start:start + len(marker)] == marker:
+                return not self.tokenizer.decode(tail[start + len(marker):]).strip()
+        return False
 
     def tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -276,9 +286,3 @@ class LLMEngine:
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
 
-
-def _prompt_closes_thinking(prompt_token_ids: list[int], marker: list[int]) -> bool:
-    """The end-of-thinking marker is among the prompt's last tokens: the chat template closed the
-    thinking itself (thinking switched off), so the reply is the answer from its first token."""
-    tail = prompt_token_ids[-(len(marker) + 16):]
-    return any(tail[i:i + len(marker)] == marker for i in range(len(tail) - len(marker) + 1))

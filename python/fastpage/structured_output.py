@@ -138,7 +138,7 @@ def attach_xgrammar(loop, tokenizer: Tokenizer, vocab_size: int, config: Structu
 
     info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=vocab_size,
                                               stop_token_ids=list(tokenizer.eos_token_ids) or None)
-    threads = max(1, min(8, os.cpu_count() or 1))
+    threads = max(1, min(8, (os.cpu_count() or 1) // 2))
     compiler = xgr.GrammarCompiler(info, max_threads=threads, cache_enabled=True,
                                    cache_limit_bytes=config.cache_limit_bytes)
     loop.set_grammar_backend(compiler._handle.__chandle__(), vocab_size=info.vocab_size,

@@ -93,7 +93,9 @@ def _rust_decoder(hf_tokenizer):
 def load_tokenizer(source: str, eos_token_ids: list[int] | None = None,
                    chat_template: str | dict | None = None) -> Tokenizer:
     """Loads the tokenizer of an HF model directory (or hub-style name in the local cache),
-    or of a GGUF file."""
+    or of a GGUF file. The default model's gets a template for requests with tools beside its own."""
+    from fastpage.model_loader.default_model import with_tools_template
+
     if source.endswith(".gguf"):
         from fastpage.model_loader.gguf import load_gguf_tokenizer
 
@@ -102,7 +104,9 @@ def load_tokenizer(source: str, eos_token_ids: list[int] | None = None,
         from transformers import AutoTokenizer
 
         hf_tokenizer = AutoTokenizer.from_pretrained(source)
-    return Tokenizer(as_hf_tokenizer(hf_tokenizer), eos_token_ids, chat_template)
+    tokenizer = Tokenizer(as_hf_tokenizer(hf_tokenizer), eos_token_ids, chat_template)
+    tokenizer.chat_template = with_tools_template(source, tokenizer.chat_template)
+    return tokenizer
 
 
 def as_hf_tokenizer(tokenizer):

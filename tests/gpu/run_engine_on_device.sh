@@ -14,6 +14,8 @@
 #   attention   bench/device/kernel_bench.py (attention and elementwise kernels vs copy bandwidth and torch)
 #   profile     bench/device/profile_llama_steps.py $PROFILE_ARGS (a prefill and decode steps of the
 #               Llama-3-8B 1000x1000 workload under torch.profiler, e.g. --kv-cache-dtype fp8)
+#   structured  bench/structured.py $STRUCTURED_ARGS (the throughput workload free and under a JSON
+#               schema); needs carry [".device", ".whl"] and the wheels installed first, as serving
 #   serving     bench/device/serving_gpu.py $SERVING_ARGS (offline vs the server, streamed and not, e.g.
 #               --commit abc1234 --py-spy). Needs carry [".device", ".whl"]: the SmolLM2 tokenizer
 #               (bench/device/serving_gpu.py --write-tokenizer) and the server's wheels, installed by the
@@ -73,6 +75,10 @@ for stage in $STAGES; do
     profile)
       timeout 300 python3 bench/device/profile_llama_steps.py --out "$OUT/profile_llama_steps.json" ${PROFILE_ARGS:-} 2>&1 |
         tee "$OUT/profile.log" | grep -v -E "^(Loading|Writing)" | tail -60
+      ;;
+    structured)
+      timeout 560 python3 bench/structured.py --out "$OUT/structured.json" ${STRUCTURED_ARGS:-} 2>&1 |
+        tee "$OUT/structured.log" | grep -v -E "^(Loading|Writing)" | tail -20
       ;;
     latency)
       timeout 300 python3 bench/device/latency_gpu.py --out "$OUT/latency_gpu.json" ${LATENCY_ARGS:-} 2>&1 |

@@ -54,6 +54,28 @@ def test_sample_tokens_kernel_equals_the_cpu_op(vocab):
     assert sum(a != b for a, b in zip(on_gpu, on_cpu)) <= 1, (on_gpu, on_cpu)
 
 
+@pytest.mark.parametrize("vocab", [33, 151936])
+def test_sample_tokens_kernel_applies_the_bitmask_as_the_cpu_op(vocab):
+    """A structured-output bitmask (some rows masked, some not) gives the tokens the CPU op gives, and
+    only allowed ones."""
+    torch.manual_seed(vocab)
+    rows, words = 16, (vocab + 31) // 32
+    logits = torch.randn(rows, vocab)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (8, words), dtype=torch.int32)
+    bitmask[0] = 0  # nothing allowed: the lowest id, as an all-banned row
+    index = torch.tensor([r // 2 if r % 2 == 0 else -1 for r in range(rows)])
+    temperature = torch.tensor([0.0 if r % 4 == 0 else 0.8 for r in range(rows)])
+    args = (temperature, torch.zeros(rows, dtype=torch.long), torch.full((rows,), 0.9), torch.zeros(rows),
+            torch.arange(rows) * 7, torch.arange(rows) + 3)
+    on_cpu = torch.ops.fastpage.sample_tokens(logits, *args, bitmask, index)
+    on_gpu = torch.ops.fastpage.sample_tokens(logits.cuda(), *[a.cuda() for a in args], bitmask.cuda(), index.cuda())
+    assert sum(a != b for a, b in zip(on_gpu.tolist(), on_cpu.tolist())) <= 1, (on_gpu, on_cpu)
+    for r, m in enumerate(index.tolist()):
+        token = on_gpu[r].item()
+        if m > 0:
+            assert (bitmask[m, token // 32].item() >> (token % 32)) & 1, (r, token)
+
+
 def test_sample_tokens_kernel_checks_its_inputs():
     logits = torch.randn(2, 10, device="cuda")
     ok = dict(temperature=[1.0, 1.0], top_k=[0, 0], top_p=[1.0, 1.0], min_p=[0.0, 0.0], seeds=[0, 1], positions=[0, 0])

@@ -124,7 +124,8 @@ class Engine {
   // pointed to by the rows (the matchers of first-time sequences are made here).
   void fill_token_bitmasks(const std::vector<ToSample>& to_sample, std::vector<SamplingRow>& rows);
   // Advances the sequence's grammar by its new token; a token the grammar refuses (every token was
-  // masked, e.g. by min_tokens) aborts the sequence, a terminated grammar stops it.
+  // masked, e.g. by min_tokens) aborts the sequence; a finished sequence or a complete grammar drops
+  // its matcher.
   void advance_grammar(int64_t seq_id, int32_t token, FilledToken& filled);
   // The plan's input tokens that are the in-flight step's sampled ids.
   DeferredInputIds deferred_inputs(const StepPlan& plan) const;

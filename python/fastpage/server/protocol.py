@@ -46,6 +46,24 @@ class StreamOptions(OpenAIModel):
     continuous_usage_stats: bool | None = False
 
 
+class JsonSchemaFormat(OpenAIModel):
+    name: str = Field(..., max_length=256)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_format(self):
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise FieldError("response_format", 'response_format of type "json_schema" needs json_schema.schema')
+        return self
+
+
 class SamplingFields(OpenAIModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -75,6 +93,16 @@ class SamplingFields(OpenAIModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     allowed_token_ids: list[int] | None = Field(None, max_length=MAX_TOKEN_ID_LIST)
     bad_words: list[str] | None = Field(None, max_length=MAX_BAD_WORDS)
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (StructuredOutputsParams'
+    # fields) and its older guided_* fields; at most one of them (server/structured_fields.py).
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
 
     @model_validator(mode="after")
     def _check_common(self):
@@ -210,11 +238,6 @@ class ChatMessage(OpenAIModel):
     reasoning_content: str | None = None
 
 
-class ResponseFormat(OpenAIModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
@@ -224,8 +247,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = True
-    # Accepted for compatibility; the output is not constrained to the format (documented).
-    response_format: ResponseFormat | None = None
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -270,6 +291,9 @@ class ChatResponseMessage(OpenAIModel):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    # With --reasoning-parser: the thinking, under vLLM's name and its former one.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChoice(OpenAIModel):

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 from fastpage.server.async_engine import AsyncEngine, RequestCollector
 from fastpage.server.errors import OpenAIError, error_body, param_from_value_error
 from fastpage.server.protocol import SamplingFields
+from fastpage.server.reasoning_parsers import ReasoningParser
 
 
 @dataclasses.dataclass
@@ -23,6 +24,7 @@ class ServingContext:
     chat_template: str | None = None
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
+    reasoning_parser: type[ReasoningParser] | None = None  # --reasoning-parser
 
     @property
     def llm(self):
@@ -65,9 +67,14 @@ class ServingContext:
         return max_tokens
 
     def sampling_params(self, req: SamplingFields, max_tokens: int, logprobs: int | None,
-                        prompt_logprobs: int | None, skip_special_tokens: bool | None = None):
-        """The request's SamplingParams; streams get DELTA outputs, the rest only the final one."""
+                        prompt_logprobs: int | None, skip_special_tokens: bool | None = None,
+                        structured_outputs=None):
+        """The request's SamplingParams; streams get DELTA outputs, the rest only the final one. The
+        output follows `structured_outputs` (a StructuredOutputsParams, e.g. of an enforced tool
+        choice) if given, else the request's own structured-output field, checked here so that an
+        error names that field."""
         from fastpage.sampling_params import RequestOutputKind, SamplingParams
+        from fastpage.server.structured_fields import structured_outputs_from
 
         for field in ("stop_token_ids", "allowed_token_ids"):
             self.check_token_ids(getattr(req, field) or [], field)
@@ -84,6 +91,12 @@ class ServingContext:
             skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
             spaces_between_special_tokens=req.spaces_between_special_tokens,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY)
+        field = "tool_choice"
+        if structured_outputs is None:
+            structured_outputs, field = structured_outputs_from(req)
+        if structured_outputs is not None:
+            self.check_structured_outputs(structured_outputs, field)
+            fields["structured_outputs"] = structured_outputs
         # Unset fields take the model's recommended values (generation_config.json, GGUF
         # general.sampling.*) as vLLM does, else SamplingParams' own defaults.
         model_defaults = self.llm.generation_defaults
@@ -97,6 +110,17 @@ class ServingContext:
             return SamplingParams(**fields)
         except ValueError as err:
             raise OpenAIError(str(err), 400, param_from_value_error(err)) from None
+
+    def check_structured_outputs(self, params, field: str) -> None:
+        from fastpage import structured_output
+
+        try:
+            structured_output.check(params, self.llm.structured_outputs_config.any_whitespace(params))
+        except ValueError as err:
+            message = str(err)
+            if field != "structured_outputs":
+                message = message.replace(f"structured_outputs.{params.kind}", field, 1)
+            raise OpenAIError(message, 400, field) from None
 
     async def add_requests(self, request_id: str, prompts: list[list[int]], params,
                            collector_type: type[RequestCollector] = RequestCollector) -> list:

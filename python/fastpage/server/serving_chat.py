@@ -7,12 +7,17 @@ import time
 
 from fastapi.responses import StreamingResponse
 
+from fastpage.sampling_params import StructuredOutputsParams
+
 from fastpage.server.async_engine import RequestCollector
 from fastpage.server.errors import OpenAIError, param_from_value_error
 from fastpage.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, random_id
+from fastpage.server.reasoning_parsers import ReasoningDelta, reasoning_collector, reasoning_fields
 from fastpage.server.serving_base import (ChunkEncoder, ServingContext, final_outputs, sse, sse_error, to_json,
                                           usage)
+from fastpage.server.structured_fields import structured_outputs_from
 from fastpage.server.tool_parsers import TOOL_PARSERS, ToolParser
+from fastpage.server.tool_parsers.required import RequiredToolCallsParser, required_calls_schema
 
 
 def message_to_template_dict(message: ChatMessage) -> dict:
@@ -65,17 +70,13 @@ async def render_prompt(ctx: ServingContext, messages: list[ChatMessage], tools,
 
 
 def _tool_mode(ctx: ServingContext, req: ChatCompletionRequest) -> str:
-    """none | auto | required | named."""
+    """none | auto | required | named. "required" and "named" are enforced by a grammar (vLLM's way):
+    the reply is a JSON array of calls, or the named function's arguments."""
     if not req.tools or req.tool_choice == "none":
         return "none"
     if isinstance(req.tool_choice, NamedToolChoice):
         return "named"
     if req.tool_choice == "required":
-        # No grammar-constrained decoding: "required" means the reply is parsed for calls, so the
-        # server needs to know the model's call format.
-        if not ctx.tool_call_parser:
-            raise OpenAIError('"required" tool choice requires --tool-call-parser to be set', 400,
-                              "tool_choice")
         return "required"
     if not (ctx.enable_auto_tool_choice and ctx.tool_call_parser):
         raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
@@ -83,8 +84,24 @@ def _tool_mode(ctx: ServingContext, req: ChatCompletionRequest) -> str:
     return "auto"
 
 
-def _new_parser(ctx: ServingContext) -> ToolParser | None:
-    return TOOL_PARSERS[ctx.tool_call_parser]() if ctx.tool_call_parser else None
+def _forced_tool_output(req: ChatCompletionRequest, mode: str) -> StructuredOutputsParams | None:
+    """The grammar of an enforced tool choice: the named function's parameters, or an array of calls."""
+    if mode not in ("named", "required"):
+        return None
+    if structured_outputs_from(req)[1] is not None:
+        raise OpenAIError(f'tool_choice "{mode}" constrains the output itself: drop response_format, '
+                          "structured_outputs and guided_*", 400, "tool_choice")
+    if mode == "named":
+        [tool] = [t for t in req.tools if t.function.name == req.tool_choice.function.name]
+        return StructuredOutputsParams(json=tool.function.parameters or {"type": "object"})
+    tools = [t.function.model_dump(exclude_none=True) for t in req.tools]
+    return StructuredOutputsParams(json=required_calls_schema(tools, req.parallel_tool_calls is not False))
+
+
+def _new_parser(ctx: ServingContext, req: ChatCompletionRequest, mode: str) -> ToolParser | None:
+    if mode == "required":
+        return RequiredToolCallsParser(req.tools)
+    return TOOL_PARSERS[ctx.tool_call_parser](req.tools) if mode == "auto" else None
 
 
 async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest):
@@ -94,17 +111,22 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
     prompt = await render_prompt(ctx, req.messages, req.tools,
                                  req.add_generation_prompt, req.continue_final_message,
                                  req.chat_template_kwargs)
+    reasoning_parser = (ctx.reasoning_parser.for_request(prompt, req.continue_final_message, req.chat_template_kwargs)
+                        if ctx.reasoning_parser else None)
     token_ids = await ctx.encode(prompt, add_special_tokens=False)
     max_tokens = ctx.resolve_max_tokens(len(token_ids), req.max_new_tokens(), "messages")
-    parser = _new_parser(ctx)
-    keep_special = mode in ("auto", "required") and parser is not None and not parser.skip_special_tokens()
+    parser = _new_parser(ctx, req, mode)
+    keep_special = parser is not None and not parser.skip_special_tokens()
     params = ctx.sampling_params(req, max_tokens, req.top_logprobs or 0 if req.logprobs else None,
-                                 req.prompt_logprobs, skip_special_tokens=False if keep_special else None)
+                                 req.prompt_logprobs, skip_special_tokens=False if keep_special else None,
+                                 structured_outputs=_forced_tool_output(req, mode))
     request_id = random_id("chatcmpl")
     created = int(time.time())
-    parse_while_streaming = req.stream and mode in ("auto", "required") and parser is not None
-    [stream] = await ctx.add_requests(request_id, [token_ids], params,
-                                      tool_call_collector(ctx, req.n) if parse_while_streaming else RequestCollector)
+    parse_while_streaming = req.stream and parser is not None
+    collector = tool_call_collector(ctx, req, mode) if parse_while_streaming else RequestCollector
+    if reasoning_parser is not None and req.stream:
+        collector = reasoning_collector(reasoning_parser, req.n, collector)  # tool calls come from the content
+    [stream] = await ctx.add_requests(request_id, [token_ids], params, collector)
     echo = _echo_prefix(req)
     if req.stream:
         return StreamingResponse(_stream(ctx, req, mode, model, request_id, created, len(token_ids),
@@ -115,12 +137,16 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
         stream.abort()
     choices = []
     for completion in output.outputs:
-        message, finish_reason = _message(ctx, req, mode, completion.text)
+        reasoning, text = reasoning_parser.extract(completion.text) if reasoning_parser else (None, completion.text)
+        message, finish_reason = _message(ctx, req, mode, text or "")
+        if reasoning_parser is not None:
+            message.update(reasoning_fields(reasoning))
+            message["content"] = message["content"] or None  # only reasoning: no content, as vLLM
         if echo and message["content"] is not None:
             message["content"] = echo + message["content"]
         choices.append({"index": completion.index, "message": message,
                         "logprobs": _chat_logprobs(ctx, req, completion.token_ids, completion.logprobs),
-                        "finish_reason": finish_reason or completion.finish_reason,
+                        "finish_reason": _finish_reason(completion.finish_reason, finish_reason),
                         "stop_reason": completion.stop_reason})
     return {"id": request_id, "object": "chat.completion", "created": created, "model": model,
             "choices": choices,
@@ -134,14 +160,20 @@ def _echo_prefix(req: ChatCompletionRequest) -> str:
     return ""
 
 
+def _finish_reason(engine_reason: str | None, tool_reason: str | None) -> str | None:
+    """A reply cut off by max_tokens says "length", tool calls or not."""
+    return engine_reason if engine_reason == "length" else tool_reason or engine_reason
+
+
 def _message(ctx, req, mode: str, text: str) -> tuple[dict, str | None]:
     """(assistant message, finish_reason override) for a finished choice."""
     if mode == "named":
-        # Not constrained by a grammar: the reply is taken as the named function's arguments.
+        # The grammar held the reply to the function's parameters: it is the call's arguments. As
+        # OpenAI, a forced named call finishes with "stop".
         call = {"id": random_id("chatcmpl-tool"), "type": "function",
                 "function": {"name": req.tool_choice.function.name, "arguments": text}}
         return {"role": "assistant", "content": None, "tool_calls": [call]}, "stop"
-    parser = _new_parser(ctx) if mode in ("auto", "required") else None
+    parser = _new_parser(ctx, req, mode)
     if parser is not None:
         extracted = parser.extract_tool_calls(text)
         if extracted.tools_called:
@@ -173,15 +205,15 @@ class ParsedDelta:
         return self
 
 
-def tool_call_collector(ctx: ServingContext, n: int) -> type[RequestCollector]:
+def tool_call_collector(ctx: ServingContext, req: ChatCompletionRequest, mode: str) -> type[RequestCollector]:
     """A collector that runs each choice's tool parser as its text arrives, on the output thread:
     incremental work per piece, none of it on the event loop."""
 
     class ToolCallCollector(RequestCollector):
         def __init__(self, waker):
             super().__init__(waker)
-            self._parsers = [_new_parser(ctx) for _ in range(n)]
-            self._texts = [""] * n
+            self._parsers = [_new_parser(ctx, req, mode) for _ in range(req.n)]
+            self._texts = [""] * req.n
 
         def prepare(self, output) -> ParsedDelta:
             messages, called = {}, set()
@@ -221,6 +253,9 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
                                              "logprobs": None, "finish_reason": None}))
                       for i in range(n))
         async for item in stream:
+            reasoning = {}
+            if isinstance(item, ReasoningDelta):  # the choices' text is their content already
+                item, reasoning = item.inner, item.reasoning
             parsed = item if isinstance(item, ParsedDelta) else None
             output = item.output if parsed is not None else item
             chunks = []
@@ -233,14 +268,16 @@ async def _stream(ctx, req, mode, model, request_id, created, num_prompt_tokens,
                     named_started[i] = named_started[i] or bool(delta)
                 else:
                     delta = {"content": completion.text} if completion.text else {}
+                if i in reasoning:
+                    delta = {**reasoning_fields(reasoning[i]), **delta}
                 logprobs = _chat_logprobs(ctx, req, completion.token_ids, completion.logprobs)
                 completion_tokens += len(completion.token_ids)
                 finish_reason = completion.finish_reason
                 if finish_reason is not None:
                     if parsed is not None and i in parsed.called:
-                        finish_reason = "tool_calls"
+                        finish_reason = _finish_reason(finish_reason, "tool_calls")
                     elif mode == "named":
-                        finish_reason = "stop"
+                        finish_reason = _finish_reason(finish_reason, "stop")
                 elif not delta and not completion.token_ids:
                     continue
                 choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}

@@ -14,6 +14,7 @@ API_KEY_ENV = "FASTPAGE_API_KEY"
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from fastpage.engine_args import EngineArgs
+    from fastpage.server.reasoning_parsers import REASONING_PARSERS
     from fastpage.server.tool_parsers import TOOL_PARSERS
 
     server = parser.add_argument_group("server")
@@ -31,8 +32,16 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="require the API key on /metrics too")
     server.add_argument("--enable-auto-tool-choice", action="store_true",
                         help='allow tool_choice "auto" (needs --tool-call-parser)')
-    server.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
-                        help="how tool calls look in this model's output (hermes: Qwen2.5, Hermes)")
+    # No argparse choices: a --tool-parser-plugin file can add names, checked once it has run.
+    server.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                        help=f"how tool calls look in this model's output: {', '.join(sorted(TOOL_PARSERS))} "
+                             "(hermes: Qwen2.5, Hermes), or a name a --tool-parser-plugin file registers")
+    server.add_argument("--tool-parser-plugin", default=None, metavar="FILE",
+                        help="a Python file that registers tool parsers with "
+                             "fastpage.server.tool_parsers.ToolParserManager.register_module(name)")
+    server.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+                        help="split a reasoning model's thinking into message.reasoning_content "
+                             "(deepseek_r1: DeepSeek-R1, QwQ; qwen3: Qwen3)")
     server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats line")
     server.add_argument("--api-server-count", type=int, default=1,
                         help="API-server processes on the port (HTTP, SSE, detokenization), beside one engine "
@@ -55,6 +64,20 @@ def load_chat_template(value: str | None) -> str | None:
     raise ValueError(f"--chat-template: {value!r} is neither a file nor a template")
 
 
+def check_tool_parser_args(args: argparse.Namespace) -> None:
+    """Runs the --tool-parser-plugin file, if any, then checks the --tool-call-parser name: ValueError
+    naming the flag. Every server process calls it (the plugin runs once per process)."""
+    from fastpage.server.tool_parsers import TOOL_PARSERS, import_tool_parser_plugin
+
+    if args.tool_parser_plugin:
+        import_tool_parser_plugin(args.tool_parser_plugin)
+    if args.tool_call_parser is not None and args.tool_call_parser not in TOOL_PARSERS:
+        raise ValueError(f"--tool-call-parser {args.tool_call_parser!r} is not a known parser; choose one of "
+                         f"{', '.join(sorted(TOOL_PARSERS))} or register it with --tool-parser-plugin")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+
+
 def build_server(args: argparse.Namespace):
     """Loads the model and returns the FastAPI app (the engine loop starts with the app)."""
     from fastpage.engine_args import EngineArgs
@@ -69,10 +92,14 @@ def build_app_for(args: argparse.Namespace, llm):
     from fastpage.server.app import build_app
     from fastpage.server.async_engine import AsyncEngine
     from fastpage.server.metrics import ServerMetrics
+    from fastpage.server.reasoning_parsers import REASONING_PARSERS
     from fastpage.server.serving_base import ServingContext
 
-    if args.enable_auto_tool_choice and not args.tool_call_parser:
-        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    check_tool_parser_args(args)  # in each API-server process, where the parsers run
+    reasoning_parser = REASONING_PARSERS[args.reasoning_parser] if args.reasoning_parser else None
+    if reasoning_parser is not None:
+        # A model that cannot end its thinking fails here; a structured output is enforced after it.
+        llm.reasoning_end_token_ids = reasoning_parser.end_token_ids(llm.tokenizer)
     chat_template = load_chat_template(args.chat_template)
     served = args.served_model_name or [default_served_name(args.model, llm.model_name)]
     metrics = ServerMetrics(served[0])
@@ -80,7 +107,7 @@ def build_app_for(args: argparse.Namespace, llm):
     ctx = ServingContext(engine=engine, served_model_names=list(served), model_path=llm.model_name,
                          max_model_len=llm.max_model_len, vocab_size=llm.tokenizer.vocab_size,
                          chat_template=chat_template, enable_auto_tool_choice=args.enable_auto_tool_choice,
-                         tool_call_parser=args.tool_call_parser)
+                         tool_call_parser=args.tool_call_parser, reasoning_parser=reasoning_parser)
     app = build_app(ctx, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
                     protect_metrics=args.protect_metrics)
     logger.info("serving %s on http://%s:%d", ", ".join(served), args.host or "0.0.0.0", args.port)
@@ -106,6 +133,7 @@ def run_server(args: argparse.Namespace) -> None:
         logger.info("node %d of %d: running its workers for node 0 at %s:%s", args.node_rank, args.nnodes,
                     args.distributed_master_addr, args.distributed_master_port)
         sys.exit(run_worker_node(EngineArgs.from_cli_args(args)))
+    check_tool_parser_args(args)  # before the model loads: a bad flag fails at once
     if args.api_server_count > 1:
         from fastpage.server.api_servers import run_api_servers
 

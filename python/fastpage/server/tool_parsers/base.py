@@ -3,11 +3,12 @@
 A parser says where a reply's tool-call region starts (region_start) and which complete calls follow
 a position (scan_calls). Streaming is incremental: text before the region is sent as content as it
 becomes certain (a tail that could still turn into a marker is held back); inside the region each
-call is sent whole, once its JSON is complete, and the next search resumes after it. A call's JSON can
-only complete with a closing bracket, so the pending call is decoded again only when new text brings
-one: the work per piece is proportional to the piece, not to the text so far. Parsing uses str.find
-and json.JSONDecoder.raw_decode only: no regular expressions run on model- or user-sized text, so
-nothing can backtrack catastrophically.
+call is sent whole, once it is complete, and the next search resumes after it. A call can only
+complete with one of its format's closing characters (a JSON call with a closing bracket), so the
+pending call is parsed again only when new text brings one: the work per piece is proportional to the
+piece, not to the text so far. Parsing uses str.find, json.JSONDecoder.raw_decode and (pythonic) the
+ast module only: no regular expressions run on model- or user-sized text, so nothing can backtrack
+catastrophically.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from fastpage.server.protocol import (DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall,
+from fastpage.server.protocol import (ChatTool, DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall,
                                       ToolCall, random_id)
 
 _decoder = json.JSONDecoder()
-_CLOSING_BRACKETS = frozenset("}]")
 
 
 @dataclasses.dataclass
@@ -47,8 +47,11 @@ class ToolParser:
     name = ""
     # Markers the model writes; a text ending in a prefix of one is held back while streaming.
     markers: tuple[str, ...] = ()
+    # A call can only complete with one of these: the pending call is parsed again only when one arrives.
+    closing_chars = frozenset("}]")
 
-    def __init__(self):
+    def __init__(self, tools: list[ChatTool] | None = None):
+        self.tools = tools  # the request's tools, for formats that need their schemas (qwen3_coder)
         self._region = -1  # where the tool-call region starts, once seen
         self._searched = 0  # the text before this holds no region start
         self._resume_at = 0
@@ -115,7 +118,7 @@ class ToolParser:
         return delta if delta.content or delta.tool_calls else None
 
     def _scan_new_calls(self, text: str, delta: DeltaMessage) -> None:
-        if _CLOSING_BRACKETS.isdisjoint(text[self._scanned:]):
+        if self.closing_chars.isdisjoint(text[self._scanned:]):
             self._scanned = len(text)
             return  # no call can have completed
         self._scanned = len(text)
