@@ -3,10 +3,11 @@
 GPU (default): DESIGN.md's throughput workload (nano-vllm's 256 requests, prompts and outputs of 100 to
 1024 tokens, greedy, EOS ignored) on random weights in the Qwen3-0.6B shape with SmolLM2's vocabulary
 and tokenizer (49,152 tokens, as bench/device/serving_gpu.py; a grammar needs real token strings), run
-free and with every request under SCHEMA (nested objects, enums, arrays), alternating, in one process.
+free and with every request under SCHEMA (nested objects, enums, ranges, arrays; compact JSON, as with
+free whitespace a random model writes nothing but whitespace), alternating, in one process.
 With EOS ignored a request whose JSON is complete goes on unconstrained (vLLM's rule), so both modes
-produce exactly the same tokens' count; the rows say how many were generated under the grammar and
-check that every output starts with a JSON document. Rows:
+produce exactly the same tokens' count; the constrained rows say how many outputs xgrammar's own
+matcher (in Python) finds following the schema, and how many tokens were generated under it. Rows:
 {engine, device, workload: "nano-json-schema", mode: "constrained" | "free", output_tok_per_s, commit}.
 
   python bench/device/serving_gpu.py --write-tokenizer      # here, once: .device/smollm2-tokenizer/
@@ -32,41 +33,61 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "device"))
 WORKLOAD = "nano-json-schema"
 
+# A store's catalogue: nested objects, enums, numbers and integers with ranges, bounded strings, and a
+# long array of products, so that every output token of the workload is generated under the grammar.
+PRODUCT = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "maxLength": 12},
+        "name": {"type": "string", "maxLength": 24},
+        "category": {"enum": ["books", "garden", "kitchen", "toys", "tools"]},
+        "price": {"type": "number", "minimum": 0, "maximum": 10000},
+        "quantity": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "tags": {"type": "array", "items": {"enum": ["new", "sale", "gift"]}, "maxItems": 3},
+    },
+    "required": ["sku", "name", "category", "price", "quantity", "tags"],
+}
 SCHEMA = {
     "type": "object",
     "properties": {
-        "order_id": {"type": "integer"},
-        "status": {"enum": ["pending", "shipped", "delivered", "cancelled"]},
-        "customer": {"type": "object",
-                     "properties": {"name": {"type": "string"}, "email": {"type": "string"},
-                                    "address": {"type": "object",
-                                                "properties": {"street": {"type": "string"},
-                                                               "city": {"type": "string"},
-                                                               "country": {"enum": ["FR", "DE", "US", "JP"]}},
-                                                "required": ["street", "city", "country"]}},
-                     "required": ["name", "email", "address"]},
-        "items": {"type": "array",
-                  "items": {"type": "object",
-                            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"},
-                                           "price": {"type": "number"},
-                                           "tags": {"type": "array", "items": {"enum": ["new", "sale", "gift"]}}},
-                            "required": ["sku", "quantity", "price"]}},
-        "notes": {"type": "string"},
+        "store": {"type": "object",
+                  "properties": {"name": {"type": "string", "maxLength": 24},
+                                 "address": {"type": "object",
+                                             "properties": {"street": {"type": "string", "maxLength": 32},
+                                                            "city": {"type": "string", "maxLength": 24},
+                                                            "country": {"enum": ["FR", "DE", "US", "JP"]}},
+                                             "required": ["street", "city", "country"]}},
+                  "required": ["name", "address"]},
+        "status": {"enum": ["open", "closed", "moving"]},
+        "products": {"type": "array", "items": PRODUCT, "minItems": 64},
     },
-    "required": ["order_id", "status", "customer", "items"],
+    "required": ["store", "status", "products"],
 }
-# The same shape with bounded strings and arrays: a CPU run whose JSON always ends.
-SCHEMA_BOUNDED = json.loads(json.dumps(SCHEMA).replace('"type": "string"', '"type": "string", "maxLength": 16')
-                            .replace('"type": "array"', '"type": "array", "maxItems": 3'))
+# The same with a few products: a CPU run whose JSON always ends.
+SCHEMA_BOUNDED = {**SCHEMA, "properties": {**SCHEMA["properties"], "products": {
+    "type": "array", "items": PRODUCT, "minItems": 1, "maxItems": 3}}}
 
 
-def json_prefix_ok(text: str) -> bool:
-    """The output starts with one complete JSON object (what follows it is unconstrained)."""
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(value, dict)
+def grammar_checker(tokenizer, vocab_size: int, schema: dict):
+    """An independent check, in Python through xgrammar's own matcher: the output's tokens follow the
+    schema up to where its JSON is complete (after which it is unconstrained)."""
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=vocab_size,
+                                              stop_token_ids=list(tokenizer.eos_token_ids))
+    compiled = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False)
+
+    def follows(token_ids) -> tuple[bool, int]:
+        """(every token up to the JSON's end allowed, tokens under the grammar)."""
+        matcher = xgr.GrammarMatcher(compiled)
+        for i, token in enumerate(token_ids):
+            if matcher.is_completed():
+                return True, i
+            if not matcher.accept_token(token):
+                return False, i
+        return True, len(token_ids)
+
+    return follows
 
 
 def gpu_rows(args) -> list[dict]:
@@ -84,16 +105,18 @@ def gpu_rows(args) -> list[dict]:
               gpu_memory_utilization=0.85)
     device = torch.cuda.get_device_name()
     tokenizer = llm.get_tokenizer()
+    follows = grammar_checker(tokenizer, llm.llm_engine.model_config.vocab_size, SCHEMA)
     inputs = [{"prompt_token_ids": p} for p in prompts]
 
     def params(constrained: bool, length: int) -> SamplingParams:
         return SamplingParams(temperature=0, ignore_eos=True, max_tokens=length,
-                              structured_outputs=StructuredOutputsParams(json=SCHEMA) if constrained else None)
+                              structured_outputs=StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True)
+                              if constrained else None)
 
     llm.generate(inputs[:8], [params(True, 32) for _ in range(8)], use_tqdm=False)  # warm-up, grammar compiled
     rows = []
     for repeat in range(args.repeats):
-        for constrained in (False, True):
+        for constrained in ((False, True) if repeat % 2 == 0 else (True, False)):  # neither mode always first
             start = time.perf_counter()
             outputs = llm.generate(inputs, [params(constrained, n) for n in output_lens], use_tqdm=False)
             elapsed = time.perf_counter() - start
@@ -105,16 +128,34 @@ def gpu_rows(args) -> list[dict]:
                        output_tokens=produced, num_requests=len(prompts), commit=args.commit,
                        model_shape="qwen3-0.6b, smollm2 vocab (49152)")
             if constrained:
-                texts = [tokenizer.decode(list(o.outputs[0].token_ids)) for o in outputs]
-                ok = [json_prefix_ok(t) for t in texts]
-                json_lengths = [len(tokenizer.encode(t[:json.JSONDecoder().raw_decode(t)[1]],
-                                                     add_special_tokens=False)) if good else n
-                                for t, good, n in zip(texts, ok, output_lens)]
-                row.update(outputs_starting_with_json=sum(ok),
-                           tokens_under_grammar_approx=sum(min(j, n) for j, n in zip(json_lengths, output_lens)))
+                checks = [follows(list(o.outputs[0].token_ids)) for o in outputs]
+                row.update(outputs_following_schema=sum(ok for ok, _ in checks),
+                           tokens_under_grammar=sum(n for _, n in checks),
+                           sample_output=tokenizer.decode(list(outputs[0].outputs[0].token_ids)[:60]))
             print(json.dumps(row), flush=True)
             rows.append(row)
+    if args.profile:
+        rows += [profile_decode(llm, inputs, params, constrained, device, args.commit) for constrained in (False, True)]
     return rows
+
+
+def profile_decode(llm, inputs, params, constrained: bool, device: str, commit: str) -> dict:
+    """Steady decode steps of all 256 requests under torch.profiler (step_profile.profile_steps): where
+    a constrained step's time goes."""
+    from step_profile import profile_steps
+
+    engine = llm.llm_engine
+    for i, prompt in enumerate(inputs):
+        engine.add_request(f"profile-{constrained}-{i}", prompt, params(constrained, 300))
+    for _ in range(60):  # the prefills, then decode
+        engine.step()
+    row = profile_steps(engine, 10)
+    while engine.has_unfinished_requests():
+        engine.step()
+    row.update(engine="fastpage", device=device, workload=WORKLOAD, mode="constrained" if constrained else "free",
+               commit=commit)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def cpu_rows(args) -> list[dict]:
@@ -157,6 +198,7 @@ def main() -> None:
     parser.add_argument("--mask-cost", action="store_true", help="the CPU measurement instead of the GPU run")
     parser.add_argument("--cpu-requests", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="then profile decode steps, free and constrained")
     parser.add_argument("--tokenizer-dir", default=os.path.join(os.path.dirname(HERE), ".device", "smollm2-tokenizer"))
     parser.add_argument("--path", default="/tmp/fastpage_bench/qwen3-0.6b-smollm2-vocab")
     args = parser.parse_args()
