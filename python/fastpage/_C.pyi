@@ -7,7 +7,7 @@ import collections.abc
 import enum
 import torch
 import typing
-__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'EngineConfig', 'EngineLoop', 'EngineStats', 'FilledToken', 'FinishReason', 'FinishedSeq', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'PLACEHOLDER_TOKEN', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepBatch', 'StepPlan', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
+__all__: list[str] = ['Activation', 'BlockAllocator', 'CSamplingParams', 'EngineConfig', 'EngineLoop', 'EngineStats', 'FilledToken', 'FinishReason', 'FinishedSeq', 'GrammarKind', 'KVCacheDtype', 'ModelConfig', 'ModelRunner', 'ModelShard', 'NormType', 'PLACEHOLDER_TOKEN', 'ParallelConfig', 'PositionType', 'PrefixCache', 'Request', 'SampleResult', 'SampledToken', 'Sampler', 'SamplingRow', 'ScheduledSeq', 'Scheduler', 'Sequence', 'SequenceStatus', 'StepBatch', 'StepPlan', 'StructuredOutput', 'TokenLogprobs', 'Worker', 'model_shard', 'pipeline_layer_range', 'wants_logprobs']
 class NormType(enum.Enum):
     LayerNorm: typing.ClassVar[NormType]
     RMSNorm: typing.ClassVar[NormType]
@@ -96,16 +96,32 @@ class EngineConfig:
     num_gpu_blocks: int
     seed: int
     swap_space_bytes: int
+class GrammarKind(enum.Enum):
+    Ebnf: typing.ClassVar[GrammarKind]
+    JsonObject: typing.ClassVar[GrammarKind]
+    JsonSchema: typing.ClassVar[GrammarKind]
+    None_: typing.ClassVar[GrammarKind]
+    Regex: typing.ClassVar[GrammarKind]
+    StructuralTag: typing.ClassVar[GrammarKind]
+    @classmethod
+    def __new__(cls, value):
+        ...
+class StructuredOutput:
+    any_whitespace: bool
+    kind: GrammarKind
+    spec: str
+    def __init__(self) -> None:
+        ...
+    start_after: list[int]
 class CSamplingParams:
     ignore_eos: bool
+    structured_output: StructuredOutput
     def __init__(self) -> None:
         ...
     allowed_token_ids: list[int]
     bad_words: list[list[int]]
-    beam_width: int
     best_of: int
     frequency_penalty: float
-    length_penalty: float
     logit_bias: dict[int, float]
     logprobs: int | None
     max_tokens: int
@@ -380,6 +396,8 @@ class EngineLoop:
     def has_unfinished(self) -> bool:
         ...
     def reset_prefix_cache(self) -> None:
+        ...
+    def set_grammar_backend(self, xgrammar_compiler: typing.SupportsInt | typing.SupportsIndex, vocab_size: typing.SupportsInt | typing.SupportsIndex, compile_threads: typing.SupportsInt | typing.SupportsIndex, compile_timeout_s: typing.SupportsFloat | typing.SupportsIndex, fill_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     def start(self) -> None:
         ...
