@@ -215,3 +215,28 @@ def test_with_a_reasoning_marker_the_grammar_starts_after_it(llm):
     assert free.outputs[0].text.startswith(thinking + ".")
     assert re.fullmatch("[0-9]{3}", answer), out.outputs[0].text
     assert re.fullmatch("[0-9]{3}", closed.outputs[0].text), closed.outputs[0].text
+
+
+def test_abort_while_the_grammar_compiles_leaves_nothing_behind(llm):
+    engine = llm.llm_engine
+    slow = SamplingParams(max_tokens=4, structured_outputs=StructuredOutputsParams(regex="[a-z]{0,20000}"))
+    engine.add_request("compiling", PROMPT, slow)
+    engine.abort_request("compiling")
+    assert not engine.has_unfinished_requests() and not engine.engine.has_unfinished()
+    engine.check_invariants()
+    [output] = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=4, structured_outputs=CASES["choice"][0]),
+                            use_tqdm=False)
+    assert output.outputs[0].text in CHOICES
+
+
+def test_a_grammar_over_the_compile_time_limit_ends_its_request_only():
+    # A pathological grammar cannot stall the loop: it compiles on a worker; past the limit its request
+    # ends (offline: finish_reason "abort") while the others are served.
+    llm = LLM(device="cpu", max_model_len=512, kv_cache_memory_bytes=32 << 20,
+              structured_outputs_config={"compile_timeout_s": 0.05})
+    slow = SamplingParams(max_tokens=4, structured_outputs=StructuredOutputsParams(regex="[a-z]{0,40000}"))
+    quick = SamplingParams(temperature=0, max_tokens=8)
+    outputs = llm.generate([PROMPT, "The capital of France is"], [slow, quick], use_tqdm=False)
+    assert outputs[0].outputs[0].finish_reason == "abort" and outputs[0].outputs[0].token_ids == []
+    assert outputs[1].outputs[0].finish_reason == "length"
+    llm.llm_engine.check_invariants()
