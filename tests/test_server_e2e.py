@@ -6,6 +6,7 @@ Generated text and logprobs are checked against HF transformers on the same weig
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -217,6 +218,18 @@ def test_tool_round_trip(server, client):
     assert deltas[0].function.name == "get_weather" and all(d.index == 0 for d in deltas)
     # The named call's arguments are the reply's text, the same streamed or not.
     assert "".join(d.function.arguments or "" for d in deltas) == named_call.function.arguments
+
+
+def test_structured_output_in_every_server_mode(client):
+    # The grammar travels with the request to whichever process runs the engine (API servers: msgpack).
+    for stream in (False, True):
+        request = dict(model="tiny", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=3,
+                       extra_body={"guided_regex": "[0-9]{2,4}"})
+        if stream:
+            text = "".join(c.choices[0].text for c in client.completions.create(stream=True, **request) if c.choices)
+        else:
+            text = client.completions.create(**request).choices[0].text
+        assert re.fullmatch("[0-9]{2,4}", text), text
 
 
 def test_tokenize_detokenize(server):
