@@ -14,7 +14,8 @@ checked as far as they go.
 
 On the tiny model's byte-level vocabulary (no "<") hermes tool calls never appear in a reply: chat
 streams with tool_choice "auto" run the parser over replies without calls, named tool choices stream
-tool_calls deltas.
+tool_calls deltas whose arguments a grammar holds to the tool's parameters (valid JSON of that shape
+whenever the call finished with "stop"; "length" when max_tokens cut it).
 
 A pass: failed == 0; once idle, every KV block back and nothing running or waiting; preemptions > 0
 (the server runs with a small KV budget, so requests are preempted and recomputed); the server's RSS
@@ -341,8 +342,16 @@ class ChatChoices(Choices):
                 raise Failure(f"choice {i} never got its role")
             names = [call["name"] for _, call in sorted(self.calls[i].items())]
             if mode == "named":
-                if names != ["get_weather"] or self.finish[i] != "stop":
+                if names != ["get_weather"] or self.finish[i] not in ("stop", "length"):
                     raise Failure(f"choice {i}: named tool choice gave calls {names}, finish {self.finish[i]!r}")
+                if self.finish[i] == "stop":
+                    arguments = self.calls[i][0]["arguments"]
+                    try:
+                        city = json.loads(arguments)["city"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise Failure(f"choice {i}: named call's arguments break its schema: {arguments[:200]!r}") from None
+                    if not isinstance(city, str):
+                        raise Failure(f"choice {i}: named call's city is not a string: {arguments[:200]!r}")
             elif names and self.finish[i] != "tool_calls":
                 raise Failure(f"choice {i}: tool calls {names} but finish_reason {self.finish[i]!r}")
             elif not names and self.finish[i] == "tool_calls":
@@ -538,9 +547,7 @@ class Soak:
             state.check_complete(("length", "stop", "tool_calls"))
             state.check_tools(mode)
             if usage is not None:
-                # Named calls finish with "stop" whatever the reason: only the logprobs count tokens there.
-                self.completion_tokens += state.check_usage(usage, max_tokens if mode != "named" else -1,
-                                                            logprobs, None)
+                self.completion_tokens += state.check_usage(usage, max_tokens, logprobs, None)
             output = tuple((state.texts[i], tuple(c["arguments"] for _, c in sorted(state.calls[i].items())))
                            for i in range(n))
             self._check_repeat(("chat", chat_id, mode, max_tokens, temperature, body.get("seed"), n,
