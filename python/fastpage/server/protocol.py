@@ -1,4 +1,5 @@
-"""Request and response models of the OpenAI API (plus vLLM's extra sampling fields), with bounds.
+"""Request models of the OpenAI API (plus vLLM's extra fields), with bounds, and the tool-call shapes
+the tool parsers produce (responses are built as dicts in the serving modules).
 
 Every field a client controls has a bound here (DESIGN.md safety rules); bounds that depend on the
 model (token ids < vocab size, prompt + max_tokens <= context) are checked in the serving layer.
@@ -6,7 +7,6 @@ model (token ids < vocab size, prompt + max_tokens <= context) are checked in th
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Literal, Union
 
@@ -158,38 +158,6 @@ class CompletionRequest(SamplingFields):
         return list(self.prompt)
 
 
-class CompletionLogprobs(OpenAIModel):
-    text_offset: list[int] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    tokens: list[str] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
-
-
-class UsageInfo(OpenAIModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: dict[str, int] | None = None
-
-
-class CompletionChoice(OpenAIModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    prompt_logprobs: list[dict[str, Any] | None] | None = None
-
-
-class CompletionResponse(OpenAIModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-
-
 # ---------------------------------------------------------------- /v1/chat/completions
 
 class FunctionDefinition(OpenAIModel):
@@ -271,46 +239,6 @@ class ChatCompletionRequest(SamplingFields):
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-
-class ChatLogprobTop(OpenAIModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class ChatLogprobToken(ChatLogprobTop):
-    top_logprobs: list[ChatLogprobTop] = Field(default_factory=list)
-
-
-class ChatLogprobs(OpenAIModel):
-    content: list[ChatLogprobToken] | None = None
-
-
-class ChatResponseMessage(OpenAIModel):
-    role: str = "assistant"
-    content: str | None = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
-    # With --reasoning-parser: the thinking, under vLLM's name and its former one.
-    reasoning: str | None = None
-    reasoning_content: str | None = None
-
-
-class ChatChoice(OpenAIModel):
-    index: int
-    message: ChatResponseMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-class ChatCompletionResponse(OpenAIModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
 
 
 class DeltaFunctionCall(OpenAIModel):
