@@ -180,3 +180,22 @@ def function_call_from(obj) -> FunctionCall | None:
     args = obj.get("arguments", obj.get("parameters", {}))
     arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
     return FunctionCall(name=obj["name"], arguments=arguments)
+
+
+def scan_separated_calls(text: str, pos: int, separator: str, first: bool) -> FoundCalls:
+    """The complete calls from pos: JSON objects {"name", "arguments" | "parameters"} one after
+    another with `separator` between them, up to one that is not complete yet (the next scan resumes
+    before its separator). A complete JSON value that is not a call, first in the reply, makes the
+    whole reply plain content."""
+    calls = []
+    while (decoded := decode_json_at(text, pos)) is not None:
+        call = function_call_from(decoded[0])
+        if call is None:
+            return FoundCalls([], pos, plain=first and not calls)
+        calls.append(call)
+        pos = decoded[1]
+        after = skip_whitespace(text, pos)
+        if not text.startswith(separator, after) or decode_json_at(text, after + 1) is None:
+            break
+        pos = after + 1
+    return FoundCalls(calls, pos)

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from fastpage.server.tool_parsers.base import (FoundCalls, ToolParser, decode_json_at, function_call_from,
-                                               skip_whitespace)
+from fastpage.server.tool_parsers.base import FoundCalls, ToolParser, scan_separated_calls, skip_whitespace
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -25,19 +24,4 @@ class Llama3JsonToolParser(ToolParser):
             if not text.startswith(";", separator):
                 return FoundCalls([], pos)
             pos = separator + 1
-        calls = []
-        while (decoded := decode_json_at(text, pos)) is not None:
-            call = function_call_from(decoded[0])
-            if call is None:
-                # Complete JSON, but not a tool call: the reply is plain content.
-                return FoundCalls([], pos, plain=first and not calls)
-            calls.append(call)
-            pos = decoded[1]
-            separator = skip_whitespace(text, pos)
-            if not text.startswith(";", separator):
-                break
-            pos_after = separator + 1
-            if decode_json_at(text, pos_after) is None:
-                break  # the next call is not complete yet: resume before its ';'
-            pos = pos_after
-        return FoundCalls(calls, pos)
+        return scan_separated_calls(text, pos, ";", first)

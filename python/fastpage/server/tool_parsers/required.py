@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from fastpage.server.tool_parsers.base import (FoundCalls, ToolParser, decode_json_at, function_call_from,
-                                               skip_whitespace)
+from fastpage.server.tool_parsers.base import FoundCalls, ToolParser, scan_separated_calls, skip_whitespace
 
 
 def required_calls_schema(tools: list[dict], parallel_tool_calls: bool) -> dict:
@@ -33,15 +32,4 @@ class RequiredToolCallsParser(ToolParser):
         at = skip_whitespace(text, pos)
         if not text.startswith("[" if first else ",", at):
             return FoundCalls([], pos)
-        pos = at + 1
-        calls = []
-        while (decoded := decode_json_at(text, pos)) is not None:
-            call = function_call_from(decoded[0])
-            if call is None:
-                return FoundCalls([], pos, plain=first and not calls)
-            calls.append(call)
-            after = skip_whitespace(text, decoded[1])
-            if not text.startswith(",", after) or decode_json_at(text, after + 1) is None:
-                return FoundCalls(calls, decoded[1])  # the next call is not complete: resume before its ','
-            pos = after + 1
-        return FoundCalls(calls, pos)
+        return scan_separated_calls(text, at + 1, ",", first)
