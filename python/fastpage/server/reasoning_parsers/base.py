@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 
+from fastpage.server.tool_parsers.base import held_back_length
+
 START, END = "<think>", "</think>"
 
 
@@ -88,7 +90,7 @@ class ReasoningParser:
             text = state.held + piece
             end = text.find(END)
             if end < 0:
-                keep = 0 if final else _partial_marker_length(text)
+                keep = 0 if final else held_back_length(text, (END,))
                 state.held = text[len(text) - keep:]
                 return {"reasoning_content": text[:len(text) - keep]} if len(text) > keep else {}
             state.phase, state.held = Phase.CONTENT, ""
@@ -117,10 +119,3 @@ def ended_in_prompt(prompt: str, continue_final_message: bool) -> bool:
     after = end + len(END)
     return continue_final_message or after == len(prompt) or prompt[after:].isspace()
 
-
-def _partial_marker_length(text: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of END."""
-    for size in range(min(len(END) - 1, len(text)), 0, -1):
-        if text.endswith(END[:size]):
-            return size
-    return 0

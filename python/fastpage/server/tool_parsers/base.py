@@ -102,7 +102,7 @@ class ToolParser:
             self._region = self.region_start(current_text, max(0, self._searched - longest_marker + 1))
             self._searched = len(current_text)
             if self._region < 0:
-                content = current_text[:len(current_text) - _held_back(current_text, self.markers)]
+                content = current_text[:len(current_text) - held_back_length(current_text, self.markers)]
             else:
                 content = current_text[:self._region]
                 self._resume_at = self._region
@@ -147,8 +147,9 @@ class ToolParser:
         return self._sent_calls
 
 
-def _held_back(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of a marker."""
+def held_back_length(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of a marker: what a stream holds
+    back because it may still become that marker (tool-call and reasoning markers alike)."""
     longest = 0
     for marker in markers:
         for size in range(min(len(marker) - 1, len(text)), longest, -1):
